@@ -1,0 +1,15 @@
+"""Shared pytest setup: float32 JAX on whatever backend is present, and the data-requirement switch."""
+
+import os
+
+import pytest
+
+# Tests that need Fashion-MNIST skip (with the reason) when the Debian package is absent on a user's machine.
+# CI sets LOPT_REQUIRE_DATA=1 so that a missing dataset fails the run instead of silently skipping.
+REQUIRE_DATA = os.environ.get('LOPT_REQUIRE_DATA', '') == '1'
+
+
+def skip_or_fail_missing_data(reason: str) -> None:
+  if REQUIRE_DATA:
+    pytest.fail(f'LOPT_REQUIRE_DATA=1 but {reason}')
+  pytest.skip(reason)
