@@ -1,0 +1,332 @@
+"""Evaluation harness: any optax optimizer, learned or not, against tuned baselines on a suite of tasks.
+
+For every task of a suite and every optimizer it records learning curves over several seeds (training loss at every
+step, test loss every ``eval_every`` steps where the task has a test split), then summarises:
+
+* **final loss**: the training loss averaged over the last 5% of steps and over seeds (minibatch losses are noisy,
+  a single last step is not a fair summary);
+* **mean log loss**: the mean of ``log(loss)`` over all steps and seeds (area under the log learning curve; rewards
+  being fast as well as ending low). Tasks whose loss can be non-positive report NaN here;
+* **speedup** (Metz et al. 2022, VeLO, Fig. 1): the number of steps per-task-tuned Adam needs to reach the
+  optimizer's final loss, divided by the step budget. 2 means Adam needs twice the budget. Adam is run for
+  ``speedup_horizon`` times the budget, so speedups above that are reported as ``> speedup_horizon``;
+* **win/loss**: the optimizer wins against a baseline on a task when its final loss is lower.
+
+Across tasks: the win rate against each baseline and the interquartile mean (IQM, the mean of the middle 50%,
+robust to a few extreme tasks) of ``log10(final loss / tuned-Adam final loss)``; negative is better than tuned Adam.
+
+Baselines (:func:`default_baselines`): Adam, RMSProp and SGD with momentum 0.9, each tuned per task over a
+learning-rate grid (the lowest final training loss wins; diverged runs count as infinite loss); Adam at its default
+1e-3; optax's tuning-free optimizers prodigy, DoG, D-Adaptation AdamW and schedule-free AdamW.
+
+Every run is one jitted ``lax.scan`` vmapped over seeds, and a tuned baseline is vmapped over its learning-rate
+grid too (through ``optax.inject_hyperparams``), so each (task, optimizer family) compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optax.contrib
+
+from tasks.base import Task
+
+#: The default learning-rate grid of tuned baselines: 1e-5 .. 1 in factors of sqrt(10) (11 values).
+DEFAULT_LR_GRID = tuple(float(10.0**e) for e in np.arange(-5.0, 0.01, 0.5))
+
+#: Fraction of the final steps averaged into the "final loss".
+FINAL_FRACTION = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteEntry:
+  """One task of an evaluation suite with its step budget."""
+  name: str
+  task: Task
+  num_steps: int
+  has_test_split: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """An optimizer to evaluate.
+
+  Attributes:
+    name: shown in tables and plots.
+    make: ``make(learning_rate) -> optax transformation`` when ``lr_grid`` is given (tuned), else ``make() -> tx``.
+    lr_grid: learning rates to tune over (the lowest final training loss wins), or None for an untuned optimizer.
+    eval_params: maps ``(opt_state, params)`` to the parameters to evaluate (schedule-free methods evaluate at a
+      different point than they train); None means ``params``.
+  """
+  name: str
+  make: Callable[..., optax.GradientTransformation]
+  lr_grid: tuple[float, ...] | None = None
+  eval_params: Callable | None = None
+
+
+@dataclasses.dataclass
+class RunResult:
+  """Learning curves of one optimizer on one task (after tuning, for tuned optimizers)."""
+  train_loss: np.ndarray          # [seeds, steps], loss at the pre-update parameters of each step
+  test_loss: np.ndarray | None    # [seeds, evals], or None when the task has no test split
+  test_steps: np.ndarray          # [evals], the step index at which each test loss was measured
+  learning_rate: float | None = None
+
+  @property
+  def final_loss(self) -> float:
+    return final_loss(self.train_loss)
+
+  @property
+  def mean_log_loss(self) -> float:
+    losses = self.train_loss
+    if np.any(~np.isfinite(losses)) or np.any(losses <= 0):
+      return float('nan')
+    return float(np.mean(np.log(losses)))
+
+  @property
+  def finite(self) -> bool:
+    return bool(np.all(np.isfinite(self.train_loss)))
+
+
+def final_loss(train_loss: np.ndarray) -> float:
+  """Mean over seeds of the training loss averaged over the last :data:`FINAL_FRACTION` of steps; inf if not finite."""
+  n = max(1, int(math.ceil(train_loss.shape[-1] * FINAL_FRACTION)))
+  value = float(np.mean(train_loss[..., -n:]))
+  return value if math.isfinite(value) else math.inf
+
+
+def _with_extra_args(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  if isinstance(tx, optax.GradientTransformationExtraArgs):
+    return tx
+  return optax.with_extra_args_support(tx)
+
+
+def _train_curves(task: Task, tx: optax.GradientTransformation, num_steps: int, eval_every: int,
+                  with_test: bool, eval_params: Callable | None, num_test_batches: int = 4):
+  """Builds ``run(key) -> (train_loss[steps], test_loss[evals])`` for one seed; pure, to be vmapped and jitted."""
+  tx = _with_extra_args(tx)
+  num_evals = num_steps // eval_every
+
+  def test_loss(params, opt_state, key):
+    if eval_params is not None:
+      params = eval_params(opt_state, params)
+    keys = jax.random.split(key, num_test_batches)
+    split = 'test' if with_test else 'train'
+    return jnp.mean(jax.vmap(lambda k: task.loss(params, k, task.batch(k, split)))(keys))
+
+  def one_step(carry, key):
+    params, opt_state = carry
+    batch_key, loss_key = jax.random.split(key)
+    batch = task.batch(batch_key, 'train')
+    loss, grads = jax.value_and_grad(task.loss)(params, loss_key, batch)
+    updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  def one_chunk(carry, key):
+    step_key, test_key = jax.random.split(key)
+    carry, losses = jax.lax.scan(one_step, carry, jax.random.split(step_key, eval_every))
+    return carry, (losses, test_loss(*carry, test_key))
+
+  def run(key):
+    init_key, run_key = jax.random.split(key)
+    params = task.init(init_key)
+    carry = (params, tx.init(params))
+    carry, (losses, tests) = jax.lax.scan(one_chunk, carry, jax.random.split(run_key, num_evals))
+    return losses.reshape(-1), tests
+
+  return run
+
+
+def run_optimizer(task: Task, spec: OptimizerSpec, num_steps: int, seeds: int = 3, eval_every: int | None = None,
+                  with_test: bool = True, key: jax.Array | None = None) -> RunResult:
+  """Trains ``task`` with ``spec`` for ``num_steps`` steps over ``seeds`` seeds, tuning the learning rate if asked.
+
+  Seeds share their initial parameters and batches across optimizers (the same ``key``), so comparisons are paired.
+  """
+  if num_steps < 1 or seeds < 1:
+    raise ValueError(f'num_steps and seeds must be >= 1, got {num_steps} and {seeds}.')
+  eval_every = eval_every or max(1, num_steps // 20)
+  if num_steps % eval_every:
+    raise ValueError(f'num_steps={num_steps} must be a multiple of eval_every={eval_every}.')
+  keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, seeds)
+
+  if spec.lr_grid is None:
+    run = _train_curves(task, spec.make(), num_steps, eval_every, with_test, spec.eval_params)
+    train, test = jax.jit(jax.vmap(run))(keys)
+    return RunResult(np.asarray(train), np.asarray(test) if with_test else None,
+                     np.arange(1, num_steps // eval_every + 1) * eval_every)
+
+  def run_at(lr, key):
+    tx = optax.inject_hyperparams(spec.make)(learning_rate=lr)
+    return _train_curves(task, tx, num_steps, eval_every, with_test, spec.eval_params)(key)
+
+  grid = jnp.asarray(spec.lr_grid, jnp.float32)
+  train, test = jax.jit(jax.vmap(jax.vmap(run_at, (None, 0)), (0, None)))(grid, keys)
+  train, test = np.asarray(train), np.asarray(test)
+  best = int(np.argmin([final_loss(t) for t in train]))
+  return RunResult(train[best], test[best] if with_test else None,
+                   np.arange(1, num_steps // eval_every + 1) * eval_every, learning_rate=spec.lr_grid[best])
+
+
+def default_baselines(lr_grid: Sequence[float] = DEFAULT_LR_GRID) -> dict[str, OptimizerSpec]:
+  """Tuned Adam/RMSProp/SGDM, Adam at 1e-3, and optax's tuning-free optimizers."""
+  lr_grid = tuple(lr_grid)
+  schedule_free = getattr(optax.contrib, 'schedule_free_adamw', None) or optax.schedule_free_adamw
+  schedule_free_eval = (getattr(optax.contrib, 'schedule_free_eval_params', None)
+                        or optax.schedule_free_eval_params)
+  return {
+      'adam_tuned': OptimizerSpec('adam_tuned', optax.adam, lr_grid),
+      'rmsprop_tuned': OptimizerSpec('rmsprop_tuned', optax.rmsprop, lr_grid),
+      'sgdm_tuned': OptimizerSpec('sgdm_tuned', lambda learning_rate: optax.sgd(learning_rate, 0.9), lr_grid),
+      'adam_1e-3': OptimizerSpec('adam_1e-3', lambda: optax.adam(1e-3)),
+      'prodigy': OptimizerSpec('prodigy', optax.contrib.prodigy),
+      'dog': OptimizerSpec('dog', optax.contrib.dog),
+      'dadapt_adamw': OptimizerSpec('dadapt_adamw', optax.contrib.dadapt_adamw),
+      'schedule_free_adamw': OptimizerSpec('schedule_free_adamw', schedule_free,
+                                           eval_params=lambda state, params: schedule_free_eval(state, params)),
+  }
+
+
+def steps_to_reach(curve: np.ndarray, target: float, smoothing: int) -> int | None:
+  """First step (1-based) at which the running-mean-smoothed ``curve`` is <= ``target``; None if never."""
+  if not math.isfinite(target):
+    return None
+  smoothing = max(1, min(smoothing, len(curve)))
+  smoothed = np.convolve(curve, np.ones(smoothing) / smoothing, mode='valid')
+  hits = np.nonzero(smoothed <= target)[0]
+  return int(hits[0]) + smoothing if hits.size else None
+
+
+def interquartile_mean(values: Sequence[float]) -> float:
+  """Mean of the values between the 25th and 75th percentiles (Agarwal et al. 2021); NaN for no finite values."""
+  x = np.sort(np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64))
+  if x.size == 0:
+    return float('nan')
+  lo, hi = int(math.floor(0.25 * x.size)), int(math.ceil(0.75 * x.size))
+  return float(np.mean(x[lo:max(hi, lo + 1)]))
+
+
+@dataclasses.dataclass
+class TaskReport:
+  entry: SuiteEntry
+  results: dict[str, RunResult]     # optimizer name -> result
+  speedup: dict[str, float | None]  # optimizer name -> speedup vs tuned Adam (None: more than speedup_horizon)
+
+
+@dataclasses.dataclass
+class Report:
+  tasks: list[TaskReport]
+  candidates: tuple[str, ...]
+  baselines: tuple[str, ...]
+  speedup_horizon: float
+
+  def win_rate(self, candidate: str, baseline: str) -> float:
+    wins = [t.results[candidate].final_loss < t.results[baseline].final_loss for t in self.tasks]
+    return float(np.mean(wins)) if wins else float('nan')
+
+  def log_ratio_iqm(self, candidate: str, reference: str = 'adam_tuned') -> float:
+    ratios = [math.log10(t.results[candidate].final_loss / t.results[reference].final_loss)
+              for t in self.tasks
+              if 0 < t.results[reference].final_loss < math.inf and 0 < t.results[candidate].final_loss]
+    return interquartile_mean(ratios)
+
+  def markdown(self) -> str:
+    """The per-task table (final loss, with tuned learning rates) and the across-task summary."""
+    names = list(self.candidates) + list(self.baselines)
+    lines = ['| task | steps | ' + ' | '.join(names) + ' |', '|' + '---|' * (len(names) + 2)]
+    for t in self.tasks:
+      cells = []
+      for n in names:
+        r = t.results[n]
+        cell = f'{r.final_loss:.3g}' + (f' (lr {r.learning_rate:.0e})' if r.learning_rate is not None else '')
+        cells.append(cell if r.finite else cell + ' ⚠ non-finite')
+      lines.append(f'| {t.entry.name} | {t.entry.num_steps} | ' + ' | '.join(cells) + ' |')
+    lines += ['', '| candidate | speedup vs tuned Adam (median) | log10 loss ratio vs tuned Adam (IQM) | ' +
+              ' | '.join(f'wins vs {b}' for b in self.baselines) + ' |',
+              '|' + '---|' * (len(self.baselines) + 3)]
+    for c in self.candidates:
+      speedups = [self.speedup_horizon * 1.0001 if t.speedup[c] is None else t.speedup[c] for t in self.tasks]
+      med = float(np.median(speedups)) if speedups else float('nan')
+      med_str = f'> {self.speedup_horizon:g}' if med > self.speedup_horizon else f'{med:.2f}'
+      rates = ' | '.join(f'{100 * self.win_rate(c, b):.0f}%' for b in self.baselines)
+      lines.append(f'| {c} | {med_str} | {self.log_ratio_iqm(c):+.3f} | {rates} |')
+    return '\n'.join(lines)
+
+  def plot(self, out_dir: str) -> list[str]:
+    """Writes one learning-curve PNG per task (mean over seeds, min..max shaded, log scale); returns the paths."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for t in self.tasks:
+      fig, ax = plt.subplots(figsize=(6, 4))
+      for name in list(self.candidates) + list(self.baselines):
+        losses = t.results[name].train_loss
+        steps = np.arange(1, losses.shape[1] + 1)
+        style = dict(lw=2.0) if name in self.candidates else dict(lw=1.0, alpha=0.8)
+        ax.plot(steps, np.nanmean(losses, axis=0), label=name, **style)
+        ax.fill_between(steps, np.nanmin(losses, axis=0), np.nanmax(losses, axis=0), alpha=0.15)
+      if all(np.nanmin(r.train_loss) > 0 for r in t.results.values()):
+        ax.set_yscale('log')
+      ax.set(title=t.entry.name, xlabel='step', ylabel='training loss')
+      ax.legend(fontsize=7)
+      fig.tight_layout()
+      path = os.path.join(out_dir, f'{t.entry.name}.png')
+      fig.savefig(path, dpi=100)
+      plt.close(fig)
+      paths.append(path)
+    return paths
+
+
+def evaluate(candidates: Mapping[str, OptimizerSpec], suite: Sequence[SuiteEntry],
+             baselines: Mapping[str, OptimizerSpec] | None = None, seeds: int = 3,
+             speedup_horizon: float = 1.0, key: jax.Array | None = None, progress: bool = True) -> Report:
+  """Runs every candidate and baseline on every suite task and compares them (see the module docstring).
+
+  ``baselines`` must include ``'adam_tuned'`` (the speedup reference); :func:`default_baselines` does.
+  """
+  from tqdm.auto import tqdm
+  baselines = dict(default_baselines() if baselines is None else baselines)
+  if 'adam_tuned' not in baselines:
+    raise ValueError("baselines must include 'adam_tuned', the reference of the speedup measure.")
+  clash = set(candidates) & set(baselines)
+  if clash:
+    raise ValueError(f'candidate names {sorted(clash)} are also baseline names; rename them.')
+  key = jax.random.PRNGKey(0) if key is None else key
+  specs = {**candidates, **baselines}
+  reports = []
+  with tqdm(total=len(suite) * len(specs), desc='evaluate', disable=not progress) as bar:
+    for entry in suite:
+      results = {}
+      for name, spec in specs.items():
+        bar.set_postfix_str(f'{entry.name}: {name}')
+        results[name] = run_optimizer(entry.task, spec, entry.num_steps, seeds,
+                                      with_test=entry.has_test_split, key=key)
+        bar.update()
+      # Tuned Adam, re-run at its chosen learning rate for `speedup_horizon` x the budget.
+      adam = results['adam_tuned']
+      if speedup_horizon > 1:
+        long_steps = int(entry.num_steps * speedup_horizon)
+        long_steps -= long_steps % max(1, entry.num_steps // 20)
+        adam_lr = adam.learning_rate
+        reference = run_optimizer(
+            entry.task, OptimizerSpec('adam_long', lambda: optax.adam(adam_lr)), long_steps, seeds,
+            eval_every=max(1, entry.num_steps // 20), with_test=entry.has_test_split, key=key).train_loss
+      else:
+        reference = adam.train_loss
+      reference = np.mean(reference, axis=0)
+      smoothing = max(1, int(math.ceil(entry.num_steps * FINAL_FRACTION)))
+      speedup = {}
+      for name in candidates:
+        steps = steps_to_reach(reference, results[name].final_loss, smoothing)
+        speedup[name] = None if steps is None else steps / entry.num_steps
+      reports.append(TaskReport(entry, results, speedup))
+  return Report(reports, tuple(candidates), tuple(baselines), speedup_horizon)
