@@ -1,0 +1,147 @@
+"""The per-parameter MLP learned optimizer of Metz et al. 2019.
+
+Metz, Maheswaranathan, Nixon, Freeman, Sohl-Dickstein, "Understanding and correcting pathologies in the training of
+learned optimizers", ICML 2019; the architecture of the released ``fast_rolling_mlp.py`` (SPEC 3.4).
+
+For every parameter ``w`` with gradient ``g``, at step ``t`` (0 on the first update), with decays
+``beta_k in (0.5, 0.9, 0.99, 0.999, 0.9999)``::
+
+  m_k   <- beta_k m_k   + (1 - beta_k) g          (momentum)
+  v_k   <- beta_k v_k   + (1 - beta_k) g^2        (second moment; "rms" in the source)
+  x      = [g, m_k rsqrt(v_k + 1e-6), w, m_k, v_k, rsqrt(v_k + 1e-6)]        22 features
+  x     <- x rsqrt(1e-5 + mean_over_tensor(x^2))  (each feature, each tensor)
+  x     <- [x, tanh(t / tau - 1) for tau in (3, 10, 30, 100, 300, 1e3, 3e3, 1e4, 3e5)]   31 inputs
+  (d, mu) = Dense_2(relu(Dense_32(x)))
+  update = -d exp(0.001 mu) 0.001                 (w <- w - d exp(0.001 mu) 0.001)
+
+The second moment (``include_rms``). The released code builds its rolling features with ``include_rms=False``, so
+``v_k`` stays 0: ``rsqrt(v_k + 1e-6)`` is the constant 1000 and ``m_k rsqrt(...)`` is ``1000 m_k``, which after the
+per-tensor normalisation duplicate the momentum features; 10 of the 22 features carry no new information. The paper's
+actual setting is unknown. We default to ``include_rms=True`` (what the feature list describes: RMS-normalised
+momentum); ``include_rms=False`` reproduces the released code (the input stays 31-wide, ``v_k = 0``, and the state
+drops the 5 second-moment floats per parameter).
+
+Layout. Meta-parameters are plain dicts in ``flax.linen.Dense``'s layout: ``{'dense_0': {'kernel': [31, 32], 'bias':
+[32]}, 'dense_1': {'kernel': [32, 2], 'bias': [2]}}``. All parameter leaves are concatenated into one flat vector and
+features are feature-major ``[F, N]`` (:mod:`lopt.features`). The 9 time features are the same for every parameter,
+so their part of the first layer is computed once and added as a bias (identical math, 22 instead of 31 per-parameter
+inputs).
+
+State: a step count and ``5 + 5`` floats per parameter (``5`` with ``include_rms=False``). ``value`` and other
+keywords are accepted and ignored: this architecture has no loss features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt import base
+from lopt import features
+
+_NORMALIZE_EPS = 1e-5
+_RSQRT_EPS = 1e-6
+
+
+class MLPLOptState(NamedTuple):
+  """``count``: updates so far (int32). ``momentum``: ``[K, N]``. ``second_moment``: ``[K, N]`` (``[0, N]`` if
+  ``include_rms=False``). ``N`` counts all parameter elements, leaves concatenated in tree order."""
+  count: jax.Array
+  momentum: jax.Array
+  second_moment: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPLOpt(base.LearnedOptimizer):
+  """Per-parameter MLP optimizer (Metz et al. 2019); see the module docstring for the math.
+
+  Attributes:
+    hidden_sizes: widths of the hidden ReLU layers; SPEC: one layer of 32.
+    decays: momentum and second-moment decays.
+    time_scales: ``tau`` of the ``tanh(t / tau - 1)`` features.
+    include_rms: accumulate the second moment (default) or keep it 0 as the released code does (module docstring).
+    step_multiplier: the 0.001 in ``d exp(magnitude_rate mu) step_multiplier``.
+    magnitude_rate: the 0.001 inside the exponential.
+  """
+  name = 'mlp_lopt'
+
+  hidden_sizes: tuple[int, ...] = (32,)
+  decays: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999, 0.9999)
+  time_scales: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e5)
+  include_rms: bool = True
+  step_multiplier: float = 1e-3
+  magnitude_rate: float = 1e-3
+
+  def __post_init__(self):
+    if not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
+      raise ValueError(f'MLPLOpt.hidden_sizes must be positive ints, got {self.hidden_sizes}.')
+    if not self.decays or not all(0.0 <= d < 1.0 for d in self.decays):
+      raise ValueError(f'MLPLOpt.decays must be a non-empty tuple of values in [0, 1), got {self.decays}.')
+    if not all(t > 0 for t in self.time_scales):
+      raise ValueError(f'MLPLOpt.time_scales must be positive, got {self.time_scales}.')
+    for field in ('step_multiplier', 'magnitude_rate'):
+      if not math.isfinite(getattr(self, field)):
+        raise ValueError(f'MLPLOpt.{field} must be finite, got {getattr(self, field)}.')
+
+  @property
+  def num_parameter_features(self) -> int:
+    """Per-parameter features before the time features: ``g, w`` and four groups of ``len(decays)``."""
+    return 2 + 4 * len(self.decays)
+
+  @property
+  def num_inputs(self) -> int:
+    return self.num_parameter_features + len(self.time_scales)
+
+  def init(self, key: jax.Array) -> base.MetaParams:
+    sizes = (self.num_inputs, *self.hidden_sizes, 2)
+    keys = jax.random.split(key, len(sizes) - 1)
+    return {f'dense_{i}': features.dense_init(k, n_in, n_out)
+            for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:]))}
+
+  def transform(self, meta_params: base.MetaParams) -> optax.GradientTransformationExtraArgs:
+    num_decays = len(self.decays)
+    num_layers = len(self.hidden_sizes) + 1
+
+    def init_fn(params):
+      n = features.num_elements(params)
+      return MLPLOptState(
+          count=jnp.zeros([], jnp.int32),
+          momentum=jnp.zeros((num_decays, n), jnp.float32),
+          second_moment=jnp.zeros((num_decays if self.include_rms else 0, n), jnp.float32))
+
+    def update_fn(grads, state, params=None, *, value=None, **extra_args):
+      del value, extra_args  # no loss features
+      g, w, sizes = features.flat_inputs(grads, params, 'MLPLOpt')
+      momentum = features.update_moments(state.momentum, g, self.decays)
+      if self.include_rms:
+        second_moment = features.update_moments(state.second_moment, jnp.square(g), self.decays)
+        rms = second_moment
+      else:
+        second_moment = state.second_moment
+        rms = jnp.zeros_like(momentum)
+      inv_rms = jax.lax.rsqrt(rms + _RSQRT_EPS)
+      x = jnp.concatenate([g[None], momentum * inv_rms, w[None], momentum, rms, inv_rms])
+      x = features.second_moment_normalize(x, sizes, _NORMALIZE_EPS)
+
+      time = features.tanh_time_embedding(state.count, self.time_scales)
+      first = meta_params['dense_0']
+      kernel = jnp.asarray(first['kernel'], jnp.float32)
+      per_param_kernel, time_kernel = kernel[:self.num_parameter_features], kernel[self.num_parameter_features:]
+      shared_bias = time @ time_kernel + jnp.asarray(first['bias'], jnp.float32)
+      h = per_param_kernel.T @ x + shared_bias[:, None]
+      for i in range(1, num_layers):
+        h = jax.nn.relu(h)
+        layer = meta_params[f'dense_{i}']
+        h = jnp.asarray(layer['kernel'], jnp.float32).T @ h + jnp.asarray(layer['bias'], jnp.float32)[:, None]
+      direction, magnitude = h[0], h[1]
+      step = direction * jnp.exp(self.magnitude_rate * magnitude) * self.step_multiplier
+      new_state = MLPLOptState(count=optax.safe_increment(state.count), momentum=momentum,
+                               second_moment=second_moment)
+      return base.updates_like(params, features.unflatten(-step, sizes)), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
