@@ -13,3 +13,14 @@ def skip_or_fail_missing_data(reason: str) -> None:
   if REQUIRE_DATA:
     pytest.fail(f'LOPT_REQUIRE_DATA=1 but {reason}')
   pytest.skip(reason)
+
+
+@pytest.fixture(scope='session')
+def fashion_mnist_dir() -> str:
+  """The directory holding the Fashion-MNIST IDX files. Skips with the searched places when they are absent
+  (fails instead under LOPT_REQUIRE_DATA=1)."""
+  from tasks import datasets  # Imported here so that collecting unrelated tests never touches the data code.
+  try:
+    return datasets.locate_fashion_mnist()
+  except datasets.DatasetNotFoundError as e:
+    skip_or_fail_missing_data(str(e))

@@ -1,0 +1,219 @@
+"""Named collections of task families; :func:`wichrowska2017` is the meta-training set of Wichrowska et al. 2017.
+
+A :class:`ProblemSet` is an immutable ``Mapping[str, TaskFamily]``::
+
+    problems = wichrowska2017()
+    len(problems)                                  # 101
+    problems['quadratic_20_noise0.5']              # a TaskFamily; every sample is a fresh random instance
+    problems.names()                               # sorted names
+    problems.filter(prefix='sparse_')              # a smaller ProblemSet
+    problems.filter(lambda name, family: ...)      # by predicate
+    problems.sample_name(key)                      # uniform over names, a pure function of the key (host side)
+    problems.sample_index(key)                     # the same draw as an int32 array, usable inside jit
+    problems.structure_groups()                    # structure_key -> names that vmap/compile together
+
+Naming scheme of the Wichrowska set (every number printed with ``%g``):
+
+=============================================  ==============================================================
+``quadratic_{n}[_noise{σ}]``                   ½‖Wx − y‖², n×n; σ: additive gradient-noise stdev
+``bowl_{κ}[_angle{α}][_noise{σ}]``             2-D bowl, condition number κ, rotation α in radians (π/4 → 0.785398)
+``softmax_{f}_bs{b}_sep{s}[_noise{σ}]``        softmax regression, f features, batch b, class separation s
+``{name}`` of a test function [``_noise{σ}``]  rosenbrock, beale, booth, matyas, branin, ackley, logsumexp,
+                                               styblinski_tang, michalewicz
+``mlp_sigmoid_{h1}x{h2}..._nf{f}_bs{b}``       sigmoid MLP with hidden sizes h on random-ReLU-teacher labels
+``matmul_{n}_k{k}``                            matrix-multiplication algorithm search
+``norm_{n}_p{p}[_noise{σ}]``                   p-norm regression
+``log_{name}``                                 LogObjective of the problem ``name``
+``rescale{s}_{name}``                          Rescale of ``name`` by s
+``sparse_{name}``                              gradients of ``name`` zeroed with probability 0.99
+``sum_{description}[_noise]``                  sums (see :func:`wichrowska2017`'s source for each list)
+=============================================  ==============================================================
+
+Wrappers are prefixes, so ``filter(prefix='quadratic_')`` selects plain (possibly noisy) quadratics only and
+``filter(prefix='sparse_')`` every sparse problem.
+"""
+
+from __future__ import annotations
+
+import collections
+import difflib
+import math
+from typing import Callable, Hashable, Iterator, Mapping
+
+import jax
+
+from tasks import base
+from tasks import generated_classification as gc
+from tasks import matmul_algorithm
+from tasks import norm
+from tasks import quadratic
+from tasks import test_functions
+from tasks import wrappers
+
+
+class ProblemSet(Mapping[str, base.TaskFamily]):
+  """An immutable, ordered mapping from problem names to task families."""
+
+  def __init__(self, name: str, families: Mapping[str, base.TaskFamily] | list[tuple[str, base.TaskFamily]]):
+    items = list(families.items()) if isinstance(families, Mapping) else list(families)
+    counts = collections.Counter(n for n, _ in items)
+    duplicates = sorted(n for n, c in counts.items() if c > 1)
+    if duplicates:
+      raise ValueError(f'problem set {name!r} has duplicate names: {duplicates}.')
+    for n, family in items:
+      if not isinstance(family, base.TaskFamily):
+        raise TypeError(f'problem {n!r} of set {name!r} is a {type(family).__name__}, not a TaskFamily.')
+    self.name = name
+    self._families = dict(items)
+
+  def __getitem__(self, name: str) -> base.TaskFamily:
+    try:
+      return self._families[name]
+    except KeyError:
+      close = difflib.get_close_matches(name, list(self._families), n=3)
+      hint = f' Did you mean {close}?' if close else ''
+      raise KeyError(f'no problem {name!r} in problem set {self.name!r}.{hint} '
+                     f'List them with .names().') from None
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._families)
+
+  def __len__(self) -> int:
+    return len(self._families)
+
+  def __repr__(self) -> str:
+    return f'ProblemSet({self.name!r}, {len(self)} problems)'
+
+  def names(self) -> list[str]:
+    """All names, sorted."""
+    return sorted(self._families)
+
+  def filter(self, predicate: Callable[[str, base.TaskFamily], bool] | None = None, *,
+             prefix: str | None = None) -> 'ProblemSet':
+    """The problems whose name starts with ``prefix`` and for which ``predicate(name, family)`` holds.
+
+    Raises ``ValueError`` if nothing matches (an empty set cannot be sampled from).
+    """
+    kept = [(n, f) for n, f in self._families.items()
+            if (prefix is None or n.startswith(prefix)) and (predicate is None or predicate(n, f))]
+    if not kept:
+      raise ValueError(f'filter(prefix={prefix!r}, predicate={predicate!r}) matches no problem of {self.name!r}.')
+    return ProblemSet(f'{self.name}[filtered]', kept)
+
+  def sample_index(self, key: jax.Array) -> jax.Array:
+    """A uniform index into :meth:`names` (int32 array; jittable). Sampling is with replacement, as in the paper."""
+    return jax.random.randint(key, (), 0, len(self))
+
+  def sample_name(self, key: jax.Array) -> str:
+    """A uniformly drawn name (host side): ``names()[sample_index(key)]``."""
+    return self.names()[int(self.sample_index(key))]
+
+  def structure_groups(self) -> dict[Hashable, list[str]]:
+    """Groups names by their family's ``structure_key``: the members of a group vmap and compile together."""
+    groups: dict[Hashable, list[str]] = {}
+    for n in self.names():
+      groups.setdefault(self._families[n].structure_key, []).append(n)
+    return groups
+
+
+def _g(value: float) -> str:
+  return f'{value:g}'
+
+
+def wichrowska2017() -> ProblemSet:
+  """The default meta-training set of Wichrowska et al. 2017 (metarun's flags → problem_sets.py): 101 problems.
+
+  Groups (counts): noisy quadratics (4), large quadratics (3), bowls (4) and noisy bowls (4), softmax regression (4)
+  and noisy (4), test functions (9) and noisy (9), sigmoid MLPs (12), MatMulAlgorithm (4 + 6), LogObjective (6),
+  Rescale (9), Norm (3) and noisy (3), sums (6) and noisy sums (2), sparse-gradient problems (6 + 3).
+  """
+  problems: list[tuple[str, base.TaskFamily]] = []
+
+  def add(family: base.TaskFamily, name: str):
+    problems.append((name, family))
+
+  def noisy(family, name, stdev):
+    if stdev:
+      return wrappers.GradientNoiseFamily(family, stdev), f'{name}_noise{_g(stdev)}'
+    return family, name
+
+  # Quadratics: the "noisy" group includes one clean problem, as in the original.
+  for n, stdev in [(20, 0.5), (25, 0.0), (50, 1.0), (100, 2.0)]:
+    add(*noisy(quadratic.QuadraticFamily(n), f'quadratic_{n}', stdev))
+  for n in (784, 1024, 2048):
+    add(quadratic.QuadraticFamily(n), f'quadratic_{n}')
+
+  bowls = [(0.1, 0.0), (1.0, 0.0), (5.0, 0.0), (5.0, math.pi / 4)]
+
+  def bowl(kappa, angle):
+    return quadratic.BowlFamily(kappa, angle), f'bowl_{_g(kappa)}' + (f'_angle{angle:.6g}' if angle else '')
+
+  for stdev in (0.0, 0.1):
+    for kappa, angle in bowls:
+      add(*noisy(*bowl(kappa, angle), stdev))
+
+  softmax = [(10, 100, 2.0), (100, 50, 1.0), (200, 20, 1.5), (256, 100, 1.5)]
+  for (f, bs, sep), stdev in zip(softmax + softmax, [0.0] * 4 + [0.5, 0.1, 0.1, 0.5]):
+    family = gc.SoftmaxRegressionFamily(f, bs, n_samples=1000, class_sep=sep)
+    add(*noisy(family, f'softmax_{f}_bs{bs}_sep{_g(sep)}', stdev))
+
+  for stdev in (0.0, 1.0):
+    for name in test_functions.TEST_FUNCTIONS:
+      add(*noisy(test_functions.TestFunctionFamily(name), name, stdev))
+
+  mlps = [((8, 5), 8, 10), ((8, 5, 3), 12, 200), ((4, 4, 4, 4), 5, 100), ((4, 5, 6), 11, 64), ((8,), 9, 128),
+          ((8, 5), 7, 16), ((32, 64), 8, 10), ((16, 8, 3), 12, 200), ((8, 8, 8, 8), 5, 100), ((10, 12, 12), 11, 64),
+          ((32,), 9, 128), ((32, 64), 7, 16)]
+
+  def mlp(hidden, f, bs):
+    family = gc.MLPClassifierFamily(f, hidden, bs, n_samples=1000, activation='sigmoid')
+    return family, family.name
+
+  for spec in mlps:
+    add(*mlp(*spec))
+
+  for n, ks in [(2, range(5, 9)), (3, range(19, 25))]:
+    for k in ks:
+      family = matmul_algorithm.MatMulAlgorithmFamily(n, k)
+      add(family, family.name)
+
+  for family, name in [(quadratic.QuadraticFamily(n), f'quadratic_{n}') for n in (20, 50, 100)] + [
+      bowl(kappa, 0.0) for kappa in (0.1, 1.0, 5.0)]:
+    add(wrappers.LogObjectiveFamily(family), f'log_{name}')
+
+  for p, scale in [(2.5, 0.123), (1.5, 8.0), (2.0, 50.0), (3.0, 200.0), (1.0, 1000.0)]:
+    add(wrappers.RescaleFamily(norm.NormFamily(18, p), scale), f'rescale{_g(scale)}_norm_18_p{_g(p)}')
+  for n, scale in [(20, 0.1), (25, 10.0), (50, 350.0), (100, 132.0)]:
+    add(wrappers.RescaleFamily(quadratic.QuadraticFamily(n), scale), f'rescale{_g(scale)}_quadratic_{n}')
+
+  for n, p, stdev in [(27, 1.0, 0.0), (25, 2.0, 0.0), (22, 3.0, 0.0), (19, 1.0, 0.1), (26, 2.0, 0.1),
+                      (23, 3.0, 0.1)]:
+    add(*noisy(norm.NormFamily(n, p), f'norm_{n}_p{_g(p)}', stdev))
+
+  def quad(n, stdev=0.0):
+    return noisy(quadratic.QuadraticFamily(n), f'quadratic_{n}', stdev)[0]
+
+  def fn(name):
+    return test_functions.TestFunctionFamily(name)
+
+  # The order of the original lists (problem_sets.sum_problems), which differs from TEST_FUNCTIONS' order.
+  all_nine = ['rosenbrock', 'logsumexp', 'ackley', 'beale', 'booth', 'styblinski_tang', 'matyas', 'branin',
+              'michalewicz']
+  sums = [
+      ('sum_7quadratics', [quad(n) for n in (11, 3, 9, 7, 5, 13, 12)]),
+      ('sum_norm18p3_quadratic25_rosenbrock', [norm.NormFamily(18, 3.0), quad(25), fn('rosenbrock')]),
+      ('sum_9testfunctions', [fn(n) for n in all_nine]),
+      ('sum_9testfunctions_2quadratics', [fn(n) for n in all_nine] + [quad(5), quad(13)]),
+      ('sum_2quadratics', [quad(11), quad(3)]),
+      ('sum_rosenbrock_logsumexp_ackley', [fn(n) for n in all_nine[:3]]),
+      ('sum_7quadratics_noise0.1', [quad(n, 0.1) for n in (11, 3, 9, 7, 5, 13, 12)]),
+      ('sum_9testfunctions_2quadratics_noise0.5', [fn(n) for n in all_nine] + [quad(5), quad(13, 0.5)]),
+  ]
+  for name, parts in sums:
+    add(wrappers.SumFamily(parts, name=name), name)
+
+  for family, name in [(quadratic.QuadraticFamily(n), f'quadratic_{n}') for n in (20, 50, 100)] + [
+      bowl(kappa, 0.0) for kappa in (0.1, 1.0, 5.0)] + [mlp(*spec) for spec in mlps[:3]]:
+    add(wrappers.SparseGradientsFamily(family, 0.99), f'sparse_{name}')
+
+  return ProblemSet('wichrowska2017', problems)
