@@ -1,0 +1,358 @@
+"""From a validated :class:`meta_train.config.Config` to the objects a run needs: :func:`build`.
+
+Every component is chosen by a name in the config: a built-in name (listed in the errors and in each section's
+documentation), or ``'package.module:attr'`` to use your own code without editing this package (nothing is
+registered globally; the import happens when the config is built). Keyword-argument tables (``hparams``,
+``kwargs``) are checked against the chosen constructor's signature here, so a misspelt hyperparameter fails before
+any compilation with the closest valid names, and a value of the wrong type names the field.
+
+Custom hooks receive:
+
+* ``learned_optimizer.architecture = 'mod:Cls'``: ``Cls(**hparams)``, a :class:`lopt.LearnedOptimizer`;
+* ``tasks.family = 'mod:attr'``: a :class:`tasks.TaskFamily` subclass, called with ``**kwargs``, or a function
+  returning a family or a sequence of families (a problem set);
+* ``estimator.name = 'mod:factory'``: ``factory(architecture, families, num_tasks, **kwargs)`` returning a
+  :class:`meta_train.GradientEstimator`;
+* truncation schedules and meta-objectives: ``attr(**kwargs)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import jax
+import optax
+
+from meta_train import config as config_lib
+from meta_train.config import ConfigError
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Name resolution and argument checking.
+
+
+def import_attr(spec: str, field: str) -> Any:
+  """Imports ``'package.module:attr'``; a ``ConfigError`` naming ``field`` if it cannot."""
+  module_name, _, attr = spec.partition(':')
+  if not module_name or not attr:
+    raise ConfigError(f'config field {field!r}: {spec!r} is not of the form "package.module:attr".')
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ConfigError(f'config field {field!r}: cannot import module {module_name!r} ({e}). Is it on PYTHONPATH?'
+                      ) from e
+  try:
+    return getattr(module, attr)
+  except AttributeError:
+    names = [n for n in dir(module) if not n.startswith('_')]
+    raise ConfigError(f'config field {field!r}: module {module_name!r} has no attribute {attr!r}.'
+                      f'{config_lib._closest(attr, names)}') from None  # pylint: disable=protected-access
+
+
+def _signature_target(fn: Callable) -> Callable:
+  return fn.__init__ if inspect.isclass(fn) else fn
+
+
+def check_kwargs(fn: Callable, kwargs: dict, field: str, provided: Sequence[str] = ()) -> None:
+  """Checks ``kwargs`` against ``fn``'s signature: unknown names and simple type mismatches name ``field.<name>``.
+
+  ``provided``: parameters the builder passes itself (they may not appear in ``kwargs``).
+  """
+  try:
+    signature = inspect.signature(fn)
+  except (TypeError, ValueError):
+    return  # builtins without a signature: let the call itself complain
+  params = {n: p for n, p in signature.parameters.items() if n != 'self'}
+  accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+  valid = [n for n, p in params.items()
+           if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+           and n not in provided]
+  for name in kwargs:
+    if name in provided:
+      raise ConfigError(f'config field {field}.{name} is set by the trainer itself; remove it from {field}.')
+    if name not in valid and not accepts_any:
+      raise config_lib.unknown_key_error(field, name, valid)
+  try:
+    hints = typing.get_type_hints(_signature_target(fn))
+  except Exception:  # pylint: disable=broad-except
+    hints = {}  # unresolvable annotations: the constructor's own checks still run
+  for name, value in kwargs.items():
+    kinds = _accepted_kinds(hints.get(name, typing.Any))
+    if kinds is not None and _kind(value) not in kinds:
+      raise ConfigError(f'config field {field}.{name} must be {" or ".join(sorted(kinds))}, got {value!r} '
+                        f'({type(value).__name__}).')
+
+
+def _kind(value) -> str:
+  """The kind of a TOML value: 'bool', 'int', 'float', 'str', 'array' or 'table'."""
+  if isinstance(value, bool):
+    return 'bool'
+  if isinstance(value, int):
+    return 'int'
+  if isinstance(value, float):
+    return 'float'
+  if isinstance(value, str):
+    return 'str'
+  if isinstance(value, (list, tuple)):
+    return 'array'
+  return 'table'
+
+
+def _accepted_kinds(annotation) -> set[str] | None:
+  """The TOML value kinds an annotation admits, or ``None`` when it cannot be decided (``Any``, custom classes)."""
+  if annotation is typing.Any or isinstance(annotation, typing.TypeVar):
+    return None
+  origin = typing.get_origin(annotation)
+  if origin is typing.Union or (origin is None and type(annotation).__name__ == 'UnionType'):
+    kinds = set()
+    for member in typing.get_args(annotation):
+      if member is type(None):
+        continue
+      sub = _accepted_kinds(member)
+      if sub is None:
+        return None
+      kinds |= sub
+    return kinds
+  if origin is typing.Literal:
+    return {_kind(v) for v in typing.get_args(annotation)}
+  if origin is not None:
+    annotation = origin
+  if annotation is bool:
+    return {'bool'}
+  if annotation is int:
+    return {'int'}
+  if annotation in (float, complex):
+    return {'int', 'float'}
+  if annotation is str:
+    return {'str'}
+  if isinstance(annotation, type):
+    import collections.abc as abc_types  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    if issubclass(annotation, np.generic):  # numpy scalar types
+      return {'bool'} if issubclass(annotation, np.bool_) else {'int', 'float'}
+    if issubclass(annotation, (np.ndarray, jax.Array)):
+      return {'bool', 'int', 'float', 'array'}
+    if issubclass(annotation, (list, tuple)) or annotation is abc_types.Sequence:
+      return {'array'}
+    if issubclass(annotation, dict) or annotation is abc_types.Mapping:
+      return {'table'}
+    if annotation is abc_types.Callable:
+      return set()  # no TOML value is callable
+  return None
+
+
+def call(fn: Callable, kwargs: dict, field: str, *args, **provided) -> Any:
+  """``fn(*args, **provided, **kwargs)`` after :func:`check_kwargs`; a ``TypeError``/``ValueError`` from the
+  constructor (a value out of range, say) becomes a ``ConfigError`` naming ``field``."""
+  check_kwargs(fn, kwargs, field, provided=tuple(provided))
+  try:
+    return fn(*args, **provided, **_tuples(kwargs))
+  except (TypeError, ValueError, FileNotFoundError) as e:  # FileNotFoundError: a dataset that is not installed
+    raise ConfigError(f'config field {field}: {e}') from e
+
+
+def _tuples(kwargs: dict) -> dict:
+  """TOML arrays arrive as lists; frozen dataclass hyperparameters want tuples (hashable)."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def _choose(name: str, table: dict[str, Callable[[], Any]], field: str) -> Any:
+  """A built-in by ``name`` from ``table`` (values are zero-argument loaders), or a ``module:attr`` hook."""
+  if ':' in name:
+    return import_attr(name, field)
+  if name not in table:
+    raise ConfigError(f'config field {field!r}: unknown name {name!r}.{config_lib._closest(name, table)} '  # pylint: disable=protected-access
+                      'Or give "package.module:attr" for your own.')
+  return table[name]()
+
+
+def _lazy(module: str, attr: str) -> Callable[[], Any]:
+  def load():
+    return getattr(importlib.import_module(module), attr)
+  return load
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The built-in names. Loaders import lazily so that a config only needs the modules it uses.
+
+ESTIMATORS: dict[str, Callable[[], Any]] = {
+    'tbptt': _lazy('meta_train.truncated_backprop', 'TruncatedBackprop'),
+    'es': _lazy('meta_train.truncated_es', 'TruncatedES'),
+    'pes': _lazy('meta_train.truncated_pes', 'TruncatedPES'),
+    'hybrid': _lazy('meta_train.hybrid', 'HybridEstimator'),
+}
+
+TRUNCATION_SCHEDULES: dict[str, Callable[[], Any]] = {
+    'constant': _lazy('meta_train.truncation_schedules', 'ConstantTruncation'),
+    'log_uniform': _lazy('meta_train.truncation_schedules', 'LogUniformTruncation'),
+    'wichrowska': _lazy('meta_train.truncation_schedules', 'WichrowskaTruncation'),
+    'linear_increasing': _lazy('meta_train.truncation_schedules', 'LinearIncreasingTruncation'),
+}
+
+OBJECTIVES: dict[str, Callable[[], Any]] = {
+    'log_normalized_train': _lazy('meta_train.objectives', 'LogNormalizedTrainLoss'),
+    'clipped_outer_valid': _lazy('meta_train.objectives', 'ClippedOuterValidLoss'),
+    'final_loss': _lazy('meta_train.objectives', 'FinalLoss'),
+}
+
+
+#: Modules whose public names ``tasks.family`` may use, searched in this order.
+TASK_MODULES = ('tasks.families', 'tasks.problem_sets', 'tasks.image_families', 'tasks.image_classification')
+
+
+def _task_source(name: str) -> Any:
+  """The public callable ``name`` of the first module of :data:`TASK_MODULES` that has it (imported lazily: the
+  image modules pull in flax and datasets), or a ``module:attr`` hook."""
+  if ':' in name:
+    return import_attr(name, 'tasks.family')
+  known = []
+  for module_name in TASK_MODULES:
+    module = importlib.import_module(module_name)
+    names = getattr(module, '__all__', None) or [  # without __all__: what the module itself defines
+        n for n, v in vars(module).items() if not n.startswith('_') and getattr(v, '__module__', '') == module_name]
+    names = [n for n in names if callable(getattr(module, n, None))]
+    if name in names:
+      return getattr(module, name)
+    known += [n for n in names if n not in known]
+  raise ConfigError(f"config field 'tasks.family': unknown name {name!r}.{config_lib._closest(name, known)} "  # pylint: disable=protected-access
+                    'Or give "package.module:attr" for your own.')
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building each section.
+
+
+def build_architecture(cfg: config_lib.LearnedOptimizerConfig):
+  from lopt.architectures import BUILTIN_ARCHITECTURES  # pylint: disable=import-outside-toplevel
+  table = {name: (lambda c=cls: c) for name, cls in BUILTIN_ARCHITECTURES.items()}
+  cls = _choose(cfg.architecture, table, 'learned_optimizer.architecture')
+  return call(cls, cfg.hparams, 'learned_optimizer.hparams')
+
+
+def build_init_meta_params(architecture, cfg: config_lib.LearnedOptimizerConfig) -> Callable[[jax.Array], Any]:
+  """``architecture.init``, or a function returning the meta-parameters of ``cfg.init_from``."""
+  if not cfg.init_from:
+    return architecture.init
+  from lopt import serialization  # pylint: disable=import-outside-toplevel
+  try:
+    loaded_arch, meta_params = serialization.load(cfg.init_from, {architecture.name: type(architecture)})
+  except (serialization.LoptFileError, OSError) as e:
+    raise ConfigError(f'config field learned_optimizer.init_from: {e}') from e
+  if loaded_arch != architecture:
+    raise ConfigError(f'config field learned_optimizer.init_from: {cfg.init_from!r} holds {loaded_arch!r}, but the '
+                      f'config builds {architecture!r}; make learned_optimizer.hparams match the file.')
+  return lambda key: meta_params
+
+
+def build_families(cfg: config_lib.TasksConfig, seed: int = 0) -> list:
+  """The task families of a run: one family, a problem set's families, or structures drawn from a distribution.
+
+  ``tasks.family`` may name a :class:`tasks.TaskFamily`, a function returning a family, a :class:`tasks.Task`
+  (wrapped in :class:`tasks.SingleTaskFamily`) or a problem set (a mapping or sequence of families). With
+  ``tasks.num_structures = n > 0`` it must name a structure distribution instead: a class with a ``sample_structure``
+  classmethod (``kwargs`` go to it), a class whose instances have ``sample_structure`` (``kwargs`` go to the
+  constructor), or a function ``f(key, **kwargs) -> TaskFamily``; ``n`` structures are drawn from ``seed``.
+  """
+  from tasks.base import Task, TaskFamily, SingleTaskFamily  # pylint: disable=import-outside-toplevel
+  source = _task_source(cfg.family)
+  made = None
+  if cfg.num_structures:
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 0x7A5C), cfg.num_structures)
+    sampler = getattr(source, 'sample_structure', None)
+    if sampler is not None and inspect.ismethod(sampler):  # a classmethod: kwargs are its arguments
+      families = [call(sampler, cfg.kwargs, 'tasks.kwargs', k) for k in keys]
+    elif sampler is not None:  # an instance method: kwargs build the distribution
+      distribution = call(source, cfg.kwargs, 'tasks.kwargs')
+      families = [distribution.sample_structure(k) for k in keys]
+    elif inspect.isfunction(source):
+      families = [call(source, cfg.kwargs, 'tasks.kwargs', k) for k in keys]
+    else:
+      raise ConfigError(f'config field tasks.num_structures = {cfg.num_structures} needs a structure distribution, '
+                        f'but tasks.family = {cfg.family!r} has no sample_structure; set tasks.num_structures = 0.')
+  else:
+    made = call(source, cfg.kwargs, 'tasks.kwargs')
+    if isinstance(made, Task):
+      made = SingleTaskFamily(made)
+    if isinstance(made, TaskFamily):
+      families = [made]
+    elif isinstance(made, Mapping):  # a problem set: name -> family
+      names = [n for n in made if str(n).startswith(cfg.problems_prefix)]
+      if not names:
+        raise ConfigError(f'config field tasks.problems_prefix = {cfg.problems_prefix!r} matches none of the '
+                          f'{len(made)} problems of {cfg.family!r}.')
+      families = [made[n] for n in names]
+    elif isinstance(made, Sequence) and not isinstance(made, str):
+      families = list(made)
+    else:
+      families = []
+  if cfg.problems_prefix and not isinstance(made, Mapping):
+    raise ConfigError(f'config field tasks.problems_prefix applies to problem sets only; {cfg.family!r} is not one.')
+  if not families or not all(isinstance(f, TaskFamily) for f in families):
+    raise ConfigError(f'config field tasks.family: {cfg.family!r} does not make a TaskFamily, a Task, or a sequence '
+                      'or mapping of TaskFamily.')
+  return families
+
+
+def build_meta_optimizer(cfg: config_lib.MetaOptimizerConfig) -> optax.GradientTransformation:
+  """Clipping (optional, by value then by global norm) followed by ``optax.<name>(learning_rate, **kwargs)``."""
+  fn = getattr(optax, cfg.name, None)
+  if fn is None or not callable(fn) or 'learning_rate' not in _parameters(fn):
+    candidates = [n for n in dir(optax) if not n.startswith('_') and callable(getattr(optax, n))
+                  and 'learning_rate' in _parameters(getattr(optax, n))]
+    raise ConfigError(f'config field meta_optimizer.name: {cfg.name!r} is not an optax optimizer taking a '
+                      f'learning_rate.{config_lib._closest(cfg.name, candidates)}')  # pylint: disable=protected-access
+  optimizer = call(fn, cfg.kwargs, 'meta_optimizer.kwargs', learning_rate=cfg.learning_rate)
+  parts = []
+  if cfg.clip_by_value > 0:
+    parts.append(optax.clip(cfg.clip_by_value))
+  if cfg.clip_by_global_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.clip_by_global_norm))
+  return optax.chain(*parts, optimizer)
+
+
+def _parameters(fn) -> set[str]:
+  try:
+    return set(inspect.signature(fn).parameters)
+  except (TypeError, ValueError):
+    return set()
+
+
+def build_estimator(cfg: config_lib.EstimatorConfig, architecture, families, num_tasks: int):
+  """The gradient estimator with its truncation schedule and meta-objective."""
+  if ':' in cfg.name:
+    factory = import_attr(cfg.name, 'estimator.name')
+    return call(factory, cfg.kwargs, 'estimator.kwargs', architecture, families, num_tasks)
+  estimator_cls = _choose(cfg.name, ESTIMATORS, 'estimator.name')
+  schedule = call(_choose(cfg.truncation.name, TRUNCATION_SCHEDULES, 'estimator.truncation.name'),
+                  cfg.truncation.kwargs, 'estimator.truncation.kwargs')
+  objective = call(_choose(cfg.objective.name, OBJECTIVES, 'estimator.objective.name'),
+                   cfg.objective.kwargs, 'estimator.objective.kwargs')
+  return call(estimator_cls, cfg.kwargs, 'estimator.kwargs', architecture=architecture, families=families,
+              num_tasks=num_tasks, truncation_schedule=schedule, objective=objective)
+
+
+def build(config: config_lib.Config):
+  """Builds every component of a run; raises ``ConfigError`` naming the field for anything the config gets wrong."""
+  from meta_train import evaluation  # pylint: disable=import-outside-toplevel
+  from meta_train.trainer import Components  # pylint: disable=import-outside-toplevel
+
+  architecture = build_architecture(config.learned_optimizer)
+  families = build_families(config.tasks, config.run.seed)
+  estimator = build_estimator(config.estimator, architecture, families, config.tasks.num_tasks)
+  evaluate = None
+  if config.evaluation.every > 0:
+    evaluate = evaluation.make_evaluator(
+        architecture, families, num_tasks=config.evaluation.num_tasks, num_steps=config.evaluation.num_steps,
+        adam_learning_rate=config.evaluation.adam_learning_rate, seed=config.run.seed,
+        use_valid_loss=bool(config.estimator.kwargs.get('use_valid_loss', False)))
+  return Components(
+      architecture=architecture,
+      init_meta_params=build_init_meta_params(architecture, config.learned_optimizer),
+      estimator=estimator,
+      meta_optimizer=build_meta_optimizer(config.meta_optimizer),
+      ensemble_size=config.tasks.num_tasks,
+      evaluate=evaluate)

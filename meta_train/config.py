@@ -1,0 +1,416 @@
+"""The meta-training run configuration: a schema of frozen dataclasses, loaded from TOML and validated.
+
+A run is described by one TOML file whose tables mirror :class:`Config`::
+
+    [run]                      # RunConfig: seed, length, logging/checkpoint cadence
+    [learned_optimizer]        # LearnedOptimizerConfig: which architecture, its hyperparameters
+    [tasks]                    # TasksConfig: the task family or problem set, ensemble size
+    [estimator]                # EstimatorConfig: gradient estimator, plus its
+    [estimator.truncation]     #   truncation schedule and
+    [estimator.objective]      #   meta-objective
+    [meta_optimizer]           # MetaOptimizerConfig: the optax optimizer of the meta-parameters
+    [evaluation]               # EvaluationConfig: periodic comparison against Adam on held-out tasks
+
+Every field has a default, so a file only states what it changes. Loading is strict, because a typo in a config
+silently falling back to a default wastes a day of compute:
+
+* an unknown key raises :class:`ConfigError` naming it and the closest valid names (``difflib``);
+* a value of the wrong type or outside its range raises :class:`ConfigError` naming the field;
+* command-line overrides are dotted ``key=value`` strings whose values follow TOML literal rules
+  (``run.seed=3``, ``meta_optimizer.learning_rate=3e-4``, ``estimator.name="pes"``; a bare word that is not a
+  TOML literal, such as ``estimator.name=pes``, is taken as a string).
+
+The ``kwargs`` tables (``learned_optimizer.hparams``, ``tasks.kwargs``, ``estimator.kwargs``, ...) are passed to
+the component the ``name`` field selects; :mod:`meta_train.build` checks them against that component's signature
+with the same strict rules.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import tomllib
+import typing
+from typing import Any, Callable
+
+
+class ConfigError(ValueError):
+  """A configuration file or override is invalid. The message names the field and the fix."""
+
+
+def _field(default, doc: str, check: Callable[[Any], bool] | None = None, rule: str = ''):
+  """A dataclass field with documentation and an optional value check (``rule`` says what ``check`` demands)."""
+  kwargs = {'default_factory': dict} if default == {} else {'default': default}
+  return dataclasses.field(**kwargs, metadata={'doc': doc, 'check': check, 'rule': rule})
+
+
+_positive = (lambda v: v > 0, '> 0')
+_non_negative = (lambda v: v >= 0, '>= 0')
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """How long to meta-train and how often to log, checkpoint and plot.
+
+  Attributes:
+    seed: seeds every random draw of the run (meta-parameter init, task sampling, perturbations). Two runs with the
+      same config and seed produce bitwise-identical meta-parameters on CPU, with or without interruptions.
+    meta_steps: number of outer (meta-optimizer) steps.
+    log_every: meta-steps between lines of ``metrics.jsonl`` / TensorBoard points (each line averages the steps since
+      the previous one).
+    checkpoint_every: meta-steps between checkpoints. A run killed at any moment resumes from the latest one.
+    keep_checkpoints: how many of the most recent checkpoints are kept on disk (older ones are deleted). At least 2,
+      so that a corrupted latest checkpoint can fall back to the previous one.
+  """
+  seed: int = _field(0, 'PRNG seed of the whole run.')
+  meta_steps: int = _field(1000, 'number of meta-steps.', *_positive)
+  log_every: int = _field(10, 'meta-steps between metric records.', *_positive)
+  checkpoint_every: int = _field(100, 'meta-steps between checkpoints.', *_positive)
+  keep_checkpoints: int = _field(3, 'most recent checkpoints kept.', lambda v: v >= 2, '>= 2')
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedOptimizerConfig:
+  """The learned optimizer being meta-trained.
+
+  Attributes:
+    architecture: an architecture name from ``lopt.architectures.BUILTIN_ARCHITECTURES`` (for example
+      ``'hierarchical_rnn'``, ``'mlp'``, ``'rnn_mlp'``), or ``'package.module:ClassName'`` for your own
+      :class:`lopt.LearnedOptimizer` subclass.
+    hparams: keyword arguments of the architecture's constructor (its hyperparameters); unknown names are errors.
+    init_from: optional path of a ``lopt.save`` file whose meta-parameters start the run instead of
+      ``architecture.init``; its architecture and hyperparameters must match this section.
+  """
+  architecture: str = _field('hierarchical_rnn', 'architecture name or module:Class.')
+  hparams: dict = _field({}, 'architecture hyperparameters.')
+  init_from: str = _field('', 'lopt.save file to start from ("" = fresh init).')
+
+
+@dataclasses.dataclass(frozen=True)
+class TasksConfig:
+  """The inner problems the learned optimizer is meta-trained on.
+
+  Attributes:
+    family: a task-family class in ``tasks.families`` / ``tasks.image_families`` (for example
+      ``'QuadraticFamily'``), a problem set function in ``tasks.problem_sets`` (for example ``'wichrowska2017'``),
+      or ``'package.module:attr'`` naming either kind in your own code.
+    kwargs: keyword arguments of that family constructor / problem-set function.
+    num_tasks: size of the task ensemble: how many inner problems of each structure group are unrolled in parallel
+      per meta-step. With several devices it must be a multiple of the device count (the ensemble axis is split
+      across devices).
+    num_structures: for a distribution over task *structures* (shapes drawn on the host: ``MLPFamily``,
+      ``NoisyQuadraticFamily``'s dimension, ``sample_family``), how many fixed-structure families to draw, once,
+      from ``run.seed``. Each structure is compiled separately, so keep it small. 0 uses ``family`` as it is.
+    problems_prefix: for a problem set, keep only the problems whose name starts with this ("" keeps all).
+  """
+  family: str = _field('QuadraticFamily', 'task family, problem set, or module:attr.')
+  kwargs: dict = _field({}, 'arguments of the family / problem set.')
+  num_tasks: int = _field(8, 'inner problems per structure group per meta-step.', *_positive)
+  num_structures: int = _field(0, 'structures drawn from a structure distribution (0 = none).', *_non_negative)
+  problems_prefix: str = _field('', 'problem-set name filter.')
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentConfig:
+  """A component chosen by name with keyword arguments (truncation schedule, meta-objective).
+
+  Attributes:
+    name: the component's name (see the section's documentation for the choices) or ``'package.module:attr'``.
+    kwargs: keyword arguments of its constructor; unknown names are errors.
+  """
+  name: str = _field('', 'component name or module:attr.')
+  kwargs: dict = _field({}, 'constructor arguments.')
+
+
+def _truncation_default():
+  return ComponentConfig(name='constant', kwargs={})
+
+
+def _objective_default():
+  return ComponentConfig(name='log_normalized_train', kwargs={})
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorConfig:
+  """How the meta-gradient is estimated.
+
+  Attributes:
+    name: ``'tbptt'`` (truncated backprop through the unroll), ``'es'`` (antithetic truncated ES), ``'pes'``
+      (persistent ES, Vicol et al. 2021), ``'hybrid'`` (Metz et al. 2019: reparameterization and ES gradients
+      combined per element by inverse-variance weighting), or ``'package.module:factory'``.
+    kwargs: keyword arguments of the estimator (for example ``std`` for the perturbation scale of ES/PES).
+    truncation: the truncation schedule: ``name`` one of ``'constant'``, ``'log_uniform'``, ``'wichrowska'``,
+      ``'linear_increasing'``, with its ``kwargs`` (unroll length, episode length, ...).
+    objective: the meta-objective: ``name`` one of ``'log_normalized_train'`` (Wichrowska 2017),
+      ``'clipped_outer_valid'`` (Metz 2019), ``'final_loss'``, with its ``kwargs``.
+  """
+  name: str = _field('pes', 'estimator name or module:factory.')
+  kwargs: dict = _field({}, 'estimator arguments.')
+  truncation: ComponentConfig = dataclasses.field(default_factory=_truncation_default,
+                                                   metadata={'doc': 'truncation schedule.'})
+  objective: ComponentConfig = dataclasses.field(default_factory=_objective_default,
+                                                  metadata={'doc': 'meta-objective.'})
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaOptimizerConfig:
+  """The optax optimizer that updates the meta-parameters.
+
+  The meta-gradient is first clipped (by value, then by global norm, each only if its threshold is > 0), then fed
+  to ``optax.<name>(learning_rate, **kwargs)``. A meta-gradient with any non-finite element skips the step
+  (meta-parameters and optimizer state unchanged) and is counted in the logs.
+
+  Attributes:
+    name: an optax optimizer function that takes ``learning_rate`` (``'adam'``, ``'adamw'``, ``'sgd'``,
+      ``'rmsprop'``, ``'lion'``, ...).
+    learning_rate: the meta learning rate.
+    kwargs: further keyword arguments of that optax function (for example ``b1 = 0.5``).
+    clip_by_value: clip every meta-gradient element to ``[-v, v]`` (Metz 2019 uses 0.1); 0 disables.
+    clip_by_global_norm: rescale the meta-gradient to at most this global norm; 0 disables.
+  """
+  name: str = _field('adam', 'optax optimizer function.')
+  learning_rate: float = _field(1e-3, 'meta learning rate.', *_positive)
+  kwargs: dict = _field({}, 'further optax arguments.')
+  clip_by_value: float = _field(0.0, 'per-element clip (0 = off).', *_non_negative)
+  clip_by_global_norm: float = _field(1.0, 'global-norm clip (0 = off).', *_non_negative)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+  """Periodic evaluation of the current meta-parameters against Adam on held-out tasks.
+
+  Held-out tasks are sampled from the training family (or problem set) with a PRNG stream disjoint from the one
+  training uses. Each is trained from the same initial parameters by the learned optimizer and by
+  ``optax.adam(adam_learning_rate)``; the mean final training and test losses of both are recorded in
+  ``evaluation.jsonl``.
+
+  Attributes:
+    every: meta-steps between evaluations (also run once at the end); 0 disables evaluation.
+    num_tasks: held-out tasks per evaluation.
+    num_steps: inner training steps per held-out task.
+    adam_learning_rate: the learning rate of the Adam baseline.
+  """
+  every: int = _field(0, 'meta-steps between evaluations (0 = off).', *_non_negative)
+  num_tasks: int = _field(4, 'held-out tasks per evaluation.', *_positive)
+  num_steps: int = _field(100, 'inner steps per held-out task.', *_positive)
+  adam_learning_rate: float = _field(1e-3, 'learning rate of the Adam baseline.', *_positive)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A complete meta-training run. See the module docstring for the file layout."""
+  run: RunConfig = dataclasses.field(default_factory=RunConfig)
+  learned_optimizer: LearnedOptimizerConfig = dataclasses.field(default_factory=LearnedOptimizerConfig)
+  tasks: TasksConfig = dataclasses.field(default_factory=TasksConfig)
+  estimator: EstimatorConfig = dataclasses.field(default_factory=EstimatorConfig)
+  meta_optimizer: MetaOptimizerConfig = dataclasses.field(default_factory=MetaOptimizerConfig)
+  evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+
+
+#: Fields that may differ between a run and its resumption: they change how often things are recorded or how long
+#: the run goes on, never the values of the meta-parameters at a given step.
+RESUMABLE_FIELDS = frozenset({'run.meta_steps', 'run.log_every', 'run.checkpoint_every', 'run.keep_checkpoints',
+                              'evaluation.every'})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parsing and validation.
+
+
+def _closest(name: str, valid) -> str:
+  matches = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
+  hint = f' Did you mean {", ".join(repr(m) for m in matches)}?' if matches else ''
+  return f'{hint} Valid names: {", ".join(sorted(valid))}.'
+
+
+def unknown_key_error(path: str, key: str, valid) -> ConfigError:
+  """The error for an unknown key ``key`` under ``path``, naming the closest valid names."""
+  where = f'{path}.{key}' if path else key
+  return ConfigError(f'unknown config key {where!r}.{_closest(key, valid)}')
+
+
+def _type_name(tp) -> str:
+  return getattr(tp, '__name__', str(tp))
+
+
+def _coerce(path: str, value: Any, tp) -> Any:
+  """Checks ``value`` against the annotated type ``tp`` (TOML's int is accepted where a float is expected)."""
+  if tp is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f'config field {path!r} must be a number, got {value!r} ({type(value).__name__}).')
+    return float(value)
+  if tp is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise ConfigError(f'config field {path!r} must be an integer, got {value!r} ({type(value).__name__}).')
+    return value
+  if tp in (bool, str, dict, list):
+    if not isinstance(value, tp):
+      raise ConfigError(f'config field {path!r} must be a {_type_name(tp)}, got {value!r} '
+                        f'({type(value).__name__}).')
+    return value
+  raise AssertionError(f'unsupported schema type {tp} at {path}')
+
+
+def _from_dict(cls, data: dict, path: str):
+  """Builds dataclass ``cls`` from ``data``, recursing into nested dataclasses; strict about keys and types."""
+  if not isinstance(data, dict):
+    raise ConfigError(f'config section {path!r} must be a table, got {data!r}.')
+  hints = typing.get_type_hints(cls)
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  for key in data:
+    if key not in fields:
+      raise unknown_key_error(path, key, fields)
+  values = {}
+  for name, field in fields.items():
+    sub = f'{path}.{name}' if path else name
+    tp = hints[name]
+    if name not in data:
+      continue
+    if dataclasses.is_dataclass(tp):
+      values[name] = _from_dict(tp, data[name], sub)
+      continue
+    value = _coerce(sub, data[name], tp)
+    check = field.metadata.get('check')
+    if check is not None and not check(value):
+      raise ConfigError(f'config field {sub!r} must be {field.metadata["rule"]}, got {value!r}.')
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f'config field {sub!r} must be finite, got {value!r}.')
+    values[name] = value
+  return cls(**values)
+
+
+def from_dict(data: dict) -> Config:
+  """Validates a nested dict (as parsed from TOML) and returns the :class:`Config`. Raises :class:`ConfigError`."""
+  return _from_dict(Config, data, '')
+
+
+def to_dict(config: Config) -> dict:
+  """The config as a nested dict of TOML values (the inverse of :func:`from_dict`)."""
+  return dataclasses.asdict(config)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+  """Parses ``'a.b.c=value'`` into ``(['a', 'b', 'c'], value)`` with TOML literal rules for ``value``."""
+  if '=' not in text:
+    raise ConfigError(f'override {text!r} must look like dotted.key=value (e.g. run.seed=3).')
+  key, raw = text.split('=', 1)
+  key, raw = key.strip(), raw.strip()
+  parts = key.split('.')
+  if not key or any(not p for p in parts):
+    raise ConfigError(f'override {text!r} has an empty key part; use dotted.key=value.')
+  try:
+    value = tomllib.loads(f'v = {raw}')['v']
+  except tomllib.TOMLDecodeError:
+    # A bare word (estimator.name=pes) is the obvious intent; anything else that is not TOML is also a string and
+    # the schema's type check reports it against the field if a number was expected.
+    value = raw
+  return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+  """Returns a copy of ``data`` with dotted ``key=value`` overrides applied (validated later by :func:`from_dict`)."""
+  data = copy.deepcopy(data)
+  for text in overrides:
+    parts, value = parse_override(text)
+    node = data
+    for i, part in enumerate(parts[:-1]):
+      child = node.setdefault(part, {})
+      if not isinstance(child, dict):
+        raise ConfigError(f'override {text!r}: {".".join(parts[:i + 1])!r} is a value, not a table.')
+      node = child
+    node[parts[-1]] = value
+  return data
+
+
+def load(path, overrides: list[str] = ()) -> Config:
+  """Reads a TOML config file, applies dotted ``key=value`` overrides, validates, and returns the :class:`Config`."""
+  try:
+    with open(path, 'rb') as f:
+      data = tomllib.load(f)
+  except FileNotFoundError:
+    raise ConfigError(f'config file {str(path)!r} does not exist.') from None
+  except tomllib.TOMLDecodeError as e:
+    raise ConfigError(f'config file {str(path)!r} is not valid TOML: {e}') from None
+  return from_dict(apply_overrides(data, list(overrides)))
+
+
+def loads(text: str, overrides: list[str] = ()) -> Config:
+  """Like :func:`load` for TOML text."""
+  try:
+    data = tomllib.loads(text)
+  except tomllib.TOMLDecodeError as e:
+    raise ConfigError(f'config is not valid TOML: {e}') from None
+  return from_dict(apply_overrides(data, list(overrides)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing (tomllib only reads), and comparing two configs for resumption.
+
+
+def _toml_value(value: Any) -> str:
+  if isinstance(value, bool):
+    return 'true' if value else 'false'
+  if isinstance(value, int):
+    return str(value)
+  if isinstance(value, float):
+    # repr round-trips exactly; TOML floats need a '.' or exponent, which repr gives except for inf/nan.
+    return repr(value) if math.isfinite(value) else ('nan' if math.isnan(value) else ('inf' if value > 0 else '-inf'))
+  if isinstance(value, str):
+    return '"' + value.replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n') + '"'
+  if isinstance(value, (list, tuple)):
+    return '[' + ', '.join(_toml_value(v) for v in value) + ']'
+  if isinstance(value, dict):
+    return '{' + ', '.join(f'{_toml_key(k)} = {_toml_value(v)}' for k, v in value.items()) + '}'
+  raise ConfigError(f'cannot write {value!r} ({type(value).__name__}) as TOML.')
+
+
+def _toml_key(key: str) -> str:
+  return key if key.replace('_', '').replace('-', '').isalnum() else _toml_value(key)
+
+
+def dumps(config: Config) -> str:
+  """The config as TOML text; ``loads(dumps(c)) == c``."""
+  lines = []
+
+  def emit(table: dict, prefix: str):
+    scalars = {k: v for k, v in table.items() if not (isinstance(v, dict) and _is_section(prefix, k))}
+    if prefix:
+      lines.append(f'[{prefix}]')
+    for k, v in scalars.items():
+      lines.append(f'{_toml_key(k)} = {_toml_value(v)}')
+    lines.append('')
+    for k, v in table.items():
+      if k not in scalars:
+        emit(v, f'{prefix}.{k}' if prefix else k)
+
+  emit(to_dict(config), '')
+  return '\n'.join(lines).lstrip('\n')
+
+
+def _is_section(prefix: str, key: str) -> bool:
+  """True when ``prefix.key`` is a nested dataclass of the schema (written as a [table]), not a kwargs dict."""
+  cls = Config
+  for part in (prefix.split('.') if prefix else []):
+    cls = typing.get_type_hints(cls)[part]
+  return dataclasses.is_dataclass(typing.get_type_hints(cls).get(key))
+
+
+def _flatten(data: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in data.items():
+    key = f'{prefix}.{k}' if prefix else k
+    if isinstance(v, dict) and v:
+      out.update(_flatten(v, key))
+    else:
+      out[key] = v
+  return out
+
+
+def differences(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+  """Dotted field -> (old, new) for every value that differs between two configs."""
+  a, b = _flatten(to_dict(old)), _flatten(to_dict(new))
+  missing = '<unset>'
+  return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+          if a.get(k, missing) != b.get(k, missing)}

@@ -1,0 +1,310 @@
+"""The outer loop of meta-training, readable top to bottom: :func:`train`.
+
+One meta-step is::
+
+    grad, estimator_state, metrics = estimator.estimate(meta_params, estimator_state, key)  # one truncation
+    if every element of grad is finite:
+      meta_params, meta_opt_state = meta_optimizer step on grad                            # optax
+    else:
+      skip the step and count it (nonfinite_meta_grads)
+
+The estimator resets inner problems whose loss went non-finite and reports how many (``inner_nonfinite_resets``);
+both counts are summed in the state, logged, and shown in the progress bar.
+
+Everything that determines the future of the run lives in one :class:`TrainState` (meta-parameters, meta-optimizer
+state, estimator state, PRNG key, step, counters). It is checkpointed every ``run.checkpoint_every`` steps, so the same
+command on the same output directory resumes from the latest checkpoint and produces bitwise the meta-parameters an
+uninterrupted run would have (on CPU; see ``tests/meta_train/test_resume_sigkill.py``).
+
+The ensemble axis of the estimator state is sharded over every device (:mod:`meta_train.sharding`); the step itself is
+written for one device and ``jax.jit`` partitions it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from meta_train import checkpoint
+from meta_train import config as config_lib
+from meta_train import logging as run_logging
+from meta_train import sharding
+from meta_train.base import GradientEstimator
+
+CONFIG_FILE = 'config.toml'
+FINAL_FILE = 'final.npz'
+CHECKPOINT_DIR = 'checkpoints'
+PLOT_INTERVAL_SECONDS = 60.0
+
+
+class OutputDirError(config_lib.ConfigError):
+  """The output directory cannot be used (not a directory, unwritable, or holds a run with another config)."""
+
+
+class Components(NamedTuple):
+  """The built pieces of a run (see :func:`meta_train.build.build`).
+
+  Attributes:
+    architecture: the learned optimizer being meta-trained (a :class:`lopt.LearnedOptimizer`).
+    init_meta_params: ``key -> meta_params`` (``architecture.init``, or a function returning loaded parameters).
+    estimator: the :class:`meta_train.GradientEstimator`.
+    meta_optimizer: the optax transformation applied to meta-gradients (clipping included).
+    ensemble_size: the length of the ensemble axis of the estimator state (the number of task instances).
+    evaluate: ``meta_params -> dict of floats`` (see :mod:`meta_train.evaluation`), or ``None``.
+  """
+  architecture: Any
+  init_meta_params: Callable[[jax.Array], Any]
+  estimator: GradientEstimator
+  meta_optimizer: optax.GradientTransformation
+  ensemble_size: int
+  evaluate: Callable[[Any], dict] | None = None
+
+
+class TrainState(NamedTuple):
+  """Everything that determines the rest of a run; checkpointed as a whole."""
+  step: jax.Array                    # int32 scalar: meta-steps taken
+  meta_params: Any
+  meta_opt_state: Any
+  estimator_state: Any               # per-instance leaves have the ensemble axis first
+  key: jax.Array                     # typed PRNG key for the next meta-step
+  nonfinite_meta_grads: jax.Array    # int32: meta-steps skipped because the meta-gradient was not finite
+  inner_nonfinite_resets: jax.Array  # float32: inner instances reset by the estimator, summed over the run
+
+
+class TrainResult(NamedTuple):
+  meta_params: Any      # host (numpy) arrays
+  step: int
+  resumed_from: int     # 0 for a fresh start
+  out_dir: str
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The pure functions that jit compiles.
+
+
+def init_state(components: Components, key: jax.Array) -> TrainState:
+  params_key, estimator_key, run_key = jax.random.split(key, 3)
+  meta_params = components.init_meta_params(params_key)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      meta_params=meta_params,
+      meta_opt_state=components.meta_optimizer.init(meta_params),
+      estimator_state=components.estimator.init(estimator_key, meta_params),
+      key=run_key,
+      nonfinite_meta_grads=jnp.zeros((), jnp.int32),
+      inner_nonfinite_resets=jnp.zeros((), jnp.float32))
+
+
+def meta_step(components: Components, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One truncation, one meta-gradient, one (possibly skipped) meta-optimizer step."""
+  key, estimate_key = jax.random.split(state.key)
+  grad, estimator_state, metrics = components.estimator.estimate(state.meta_params, state.estimator_state,
+                                                                 estimate_key)
+  finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grad)]))
+  updates, new_opt_state = components.meta_optimizer.update(grad, state.meta_opt_state, state.meta_params)
+  new_params = optax.apply_updates(state.meta_params, updates)
+  # A non-finite meta-gradient would poison the meta-parameters and Adam's moments for good: keep both unchanged.
+  keep_if_finite = lambda new, old: jnp.where(finite, new, old)
+  meta_params = jax.tree.map(keep_if_finite, new_params, state.meta_params)
+  meta_opt_state = jax.tree.map(keep_if_finite, new_opt_state, state.meta_opt_state)
+
+  resets = jnp.asarray(metrics.get('inner_nonfinite_resets', 0.0), jnp.float32)
+  new_state = TrainState(
+      step=state.step + 1,
+      meta_params=meta_params,
+      meta_opt_state=meta_opt_state,
+      estimator_state=estimator_state,
+      key=key,
+      nonfinite_meta_grads=state.nonfinite_meta_grads + (~finite).astype(jnp.int32),
+      inner_nonfinite_resets=state.inner_nonfinite_resets + resets)
+  metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+  metrics['meta_grad_norm'] = jnp.where(finite, optax.tree.norm(grad), jnp.nan)
+  metrics['meta_grad_finite'] = finite.astype(jnp.float32)
+  return new_state, metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The output directory.
+
+
+def prepare_output_dir(out_dir: str, config: config_lib.Config, write: bool = True) -> None:
+  """Creates ``out_dir`` and records ``config`` there; refuses a directory that holds a run with another config.
+
+  ``write=False`` only checks (processes other than 0, and the check made before the components are built).
+  """
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise OutputDirError(f'--out {out_dir!r} exists and is not a directory; choose another path.')
+  config_path = os.path.join(out_dir, CONFIG_FILE)
+  has_checkpoints = bool(checkpoint.CheckpointManager(os.path.join(out_dir, CHECKPOINT_DIR), write=False).steps())
+  # Without a checkpoint there is nothing to resume, so a run that failed early may be restarted with a fixed config.
+  if has_checkpoints and os.path.exists(config_path):
+    try:
+      previous = config_lib.load(config_path)
+    except config_lib.ConfigError as e:
+      raise OutputDirError(f'{config_path!r} (the config of the run in --out {out_dir!r}) is unreadable: {e} '
+                           'Use a new --out directory.') from e
+    changed = {k: v for k, v in config_lib.differences(previous, config).items()
+               if k not in config_lib.RESUMABLE_FIELDS}
+    if changed:
+      lines = '\n'.join(f'  {k}: {old!r} in the existing run, {new!r} now' for k, (old, new) in changed.items())
+      raise OutputDirError(
+          f'--out {out_dir!r} holds a run with a different config, so it cannot be resumed with this one:\n{lines}\n'
+          f'Use a new --out directory, or rerun with the config in {config_path!r}. (Only '
+          f'{", ".join(sorted(config_lib.RESUMABLE_FIELDS))} may change on resume.)')
+  if not write:
+    return
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise OutputDirError(checkpoint.os_error_message(e, f'the output directory {out_dir!r}')) from e
+  text = config_lib.dumps(config).encode('utf-8')
+  try:
+    checkpoint.atomic_write_bytes(config_path, lambda f: f.write(text))
+  except checkpoint.CheckpointError as e:
+    raise OutputDirError(str(e)) from e
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop.
+
+
+def train(config: config_lib.Config, out_dir: str, components: Components | None = None, *,
+          progress: bool = True) -> TrainResult:
+  """Meta-trains as ``config`` says, writing everything to ``out_dir``; resumes if ``out_dir`` holds a checkpoint.
+
+  Args:
+    config: a validated :class:`meta_train.config.Config`.
+    out_dir: the run's directory (created if missing).
+    components: the built pieces; default ``meta_train.build.build(config)``.
+    progress: show a tqdm progress bar (meta-loss, speed, ETA) on stderr.
+  """
+  run = config.run
+  is_main = jax.process_index() == 0
+  prepare_output_dir(out_dir, config, write=False)  # refuse a mismatched run before spending time on building
+  if components is None:
+    from meta_train import build  # pylint: disable=import-outside-toplevel
+    components = build.build(config)
+  if is_main:
+    prepare_output_dir(out_dir, config)  # written only once the config has proven buildable
+
+  # Shard the ensemble axis over every device; meta-parameters and the meta-optimizer state are replicated.
+  mesh = sharding.ensemble_mesh()
+  try:
+    sharding.check_ensemble_size(components.ensemble_size, mesh)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  root_key = jax.random.key(run.seed)
+  state_shapes = jax.eval_shape(lambda k: init_state(components, k), root_key)
+  # Only the estimator state has an ensemble axis; a meta-parameter that happens to have length B stays replicated.
+  state_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), state_shapes)._replace(
+      estimator_state=sharding.ensemble_shardings(state_shapes.estimator_state, components.ensemble_size, mesh))
+  step_fn = jax.jit(lambda s: meta_step(components, s), in_shardings=(state_shardings,),
+                    out_shardings=(state_shardings, sharding.replicated(mesh)))
+
+  # Resume from the newest readable checkpoint, or start fresh.
+  manager = checkpoint.CheckpointManager(os.path.join(out_dir, CHECKPOINT_DIR), keep=run.keep_checkpoints,
+                                         write=is_main)
+  restored = manager.restore_latest(state_shapes)
+  if restored is not None:
+    state = sharding.put(restored.tree, state_shardings)
+    start = restored.step
+  else:
+    state = jax.jit(lambda k: init_state(components, k), out_shardings=state_shardings)(root_key)
+    start = 0
+
+  logger = run_logging.RunLogger(out_dir, resume_step=start, enabled=is_main)
+  bar = _progress_bar(progress and is_main, total=run.meta_steps, initial=start)
+  window: dict[str, list[float]] = {}
+  step = start
+  last_plot = time.monotonic()
+
+  def save_checkpoint():
+    host_state = sharding.to_host(state)  # a collective in multi-process runs: every process calls it
+    # The state's own step counter, not `step`: an interrupt can land between the meta-step and `step += 1`.
+    manager.save(int(host_state.step), host_state, metadata={'time': time.time()})
+
+  try:
+    while step < run.meta_steps:
+      state, metrics = step_fn(state)
+      step += 1
+      for k, v in sharding.to_host(metrics).items():
+        window.setdefault(k, []).append(float(v))
+      bar.update(1)
+
+      if step % run.log_every == 0 or step == run.meta_steps:
+        record = {k: float(np.mean(v)) for k, v in window.items()}
+        totals = sharding.to_host((state.nonfinite_meta_grads, state.inner_nonfinite_resets))
+        record['nonfinite_meta_grads_total'] = int(totals[0])
+        record['inner_nonfinite_resets_total'] = float(totals[1])
+        logger.log(step, record)
+        bar.set_postfix(meta_loss=f'{record.get("meta_loss", float("nan")):.4g}',
+                        skipped=record['nonfinite_meta_grads_total'],
+                        resets=int(record['inner_nonfinite_resets_total']))
+        window = {}
+
+      if _evaluation_due(config, step) and is_main and components.evaluate is not None:
+        logger.log_evaluation(step, components.evaluate(sharding.to_host(state.meta_params)))
+
+      if step % run.checkpoint_every == 0 or step == run.meta_steps:
+        save_checkpoint()
+        if time.monotonic() - last_plot > PLOT_INTERVAL_SECONDS:  # plotting costs ~1 s; the end always plots
+          logger.plot()
+          last_plot = time.monotonic()
+  except KeyboardInterrupt:
+    # Ctrl-C: keep the work done since the last checkpoint, then stop as asked. (Not with several processes: the
+    # others did not get the signal and would never join the gather.)
+    if step > start and jax.process_count() == 1:
+      save_checkpoint()
+    raise
+  finally:
+    bar.close()
+
+  meta_params = sharding.to_host(state.meta_params)
+  if is_main:
+    _save_final(os.path.join(out_dir, FINAL_FILE), components.architecture, meta_params)
+    logger.plot()
+  logger.close()
+  return TrainResult(meta_params=meta_params, step=step, resumed_from=start, out_dir=out_dir)
+
+
+def _evaluation_due(config: config_lib.Config, step: int) -> bool:
+  every = config.evaluation.every
+  return every > 0 and (step % every == 0 or step == config.run.meta_steps)
+
+
+def _save_final(path: str, architecture, meta_params) -> None:
+  from lopt import serialization  # pylint: disable=import-outside-toplevel
+  try:
+    serialization.save(path, architecture, meta_params)
+  except OSError as e:
+    raise checkpoint.CheckpointError(checkpoint.os_error_message(e, path)) from e
+
+
+class _NoBar:
+  def update(self, n):
+    pass
+
+  def set_postfix(self, **kwargs):
+    pass
+
+  def close(self):
+    pass
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+  if not enabled:
+    return _NoBar()
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  return tqdm(total=total, initial=initial, desc='meta-training', unit='step', dynamic_ncols=True)
+
+
+def replace_run(config: config_lib.Config, **changes) -> config_lib.Config:
+  """``config`` with fields of its ``run`` section replaced (a convenience for notebooks and tests)."""
+  return dataclasses.replace(config, run=dataclasses.replace(config.run, **changes))

@@ -1,0 +1,92 @@
+"""Persistent evolution strategies (PES, Vicol et al. 2021), SPEC 5.2.
+
+Each instance keeps two persistent inner trajectories, the ``+`` and ``−`` twins, and a perturbation accumulator
+``ξ_b``. At every truncation a fresh ``ε_b ~ N(0, σ² I)`` is drawn, the ``+`` twin is unrolled with ``θ + ε_b`` and
+the ``−`` twin with ``θ − ε_b`` (same data), and ``ξ_b ← ξ_b + ε_b``: ``ξ_b`` is the sum of every perturbation that
+shaped the ``+`` twin's current episode, and ``−ξ_b`` the ``−`` twin's. Unrolling the whole episode with a perturbed
+θ is the ES estimate of the gradient of the *full* episode loss, and the accumulator makes the sum over truncations
+telescope into it, so PES is unbiased where truncated ES and backprop are not.
+
+When an instance's episode ends inside the truncation (learned_optimization's ``compute_pes_grad``), the steps before
+the boundary were shaped by all of ``ξ_b`` and the steps after it only by ``ε_b``::
+
+    ĝ = (1/B) sum_b [ ΔL_b^old · ξ_b + ΔL_b^new · ε_b ] / (2σ²),
+    ΔL_b^old = sum_{t < boundary} w_t (v_t^+ − v_t^−),   ΔL_b^new = sum_{t >= boundary} w_t (v_t^+ − v_t^−),
+
+with ``ξ_b`` already including ``ε_b``, and afterwards ``ξ_b ← ε_b`` (the new episode has seen ``ε_b`` only). The
+twins always reset together. ``w_t`` are the objective's per-step weights (:mod:`meta_train.objectives`).
+σ = 0.01 as in learned_optimization's ``truncated_pes``.
+
+At :meth:`init` both twins are identical and ``ξ = 0``; the optimizer states of the first episodes are initialised
+with the unperturbed θ (every later reset initialises them with the twin's perturbed θ), so for architectures whose
+*initial state* depends on θ the first episode of each instance misses that one term.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from meta_train import truncated_step
+from meta_train.objectives import MetaObjective
+from meta_train.truncated_step import TruncatedEstimator, UnrollState, VectorizedUnroll
+from meta_train.truncation_schedules import TruncationSchedule
+from tasks.base import TaskFamily
+
+
+class PESGroupState(NamedTuple):
+  unroll: UnrollState  # [B, 2, ...]: the + and − twins
+  accumulator: Any     # like meta_params with a leading [B] axis: ξ_b of the + twin
+
+
+class TruncatedPES(TruncatedEstimator):
+  """Persistent evolution strategies; see the module docstring.
+
+  Args:
+    architecture: the :class:`lopt.LearnedOptimizer` being meta-trained.
+    families: a :class:`tasks.TaskFamily` or a sequence of them (grouped by ``structure_key``).
+    num_tasks: instances per structure group (the ensemble axis ``B``); each keeps a ``±`` pair of trajectories.
+    truncation_schedule: episode lengths (default ``ConstantTruncation(100)``).
+    objective: the meta-objective (default :class:`meta_train.objectives.LogNormalizedTrainLoss`).
+    unroll_length: inner steps per truncation (20).
+    std: the perturbation scale σ (0.01).
+    use_valid_loss: pass an inner-valid loss as ``valid_value=`` to the optimizer (False).
+    stagger: random offsets into the first episode (True).
+    group_weights: weights of the structure groups' gradients (default: proportional to their family counts).
+    group_mode: ``'all'`` or ``'sample'`` (see :class:`meta_train.truncated_step.TruncatedEstimator`).
+  """
+
+  num_particles = 2
+
+  def __init__(self, architecture, families: TaskFamily | Sequence[TaskFamily], num_tasks: int,
+               truncation_schedule: TruncationSchedule | None = None, objective: MetaObjective | None = None, *,
+               unroll_length: int = 20, std: float = 0.01, use_valid_loss: bool = False, stagger: bool = True,
+               group_weights: Sequence[float] | None = None, group_mode: str = 'all'):
+    self.std = truncated_step.check_std(std, 'TruncatedPES')
+    super().__init__(architecture, families, num_tasks, truncation_schedule, objective, unroll_length=unroll_length,
+                     use_valid_loss=use_valid_loss, stagger=stagger, group_weights=group_weights,
+                     group_mode=group_mode)
+
+  def _init_group(self, unroll: VectorizedUnroll, key, meta_params):
+    accumulator = jax.tree.map(lambda x: jnp.zeros((unroll.num_tasks,) + jnp.shape(x), jnp.result_type(x)),
+                               meta_params)
+    return PESGroupState(unroll=unroll.init(key, meta_params, num_particles=2), accumulator=accumulator)
+
+  def _estimate_group(self, unroll: VectorizedUnroll, meta_params, state: PESGroupState, key, meta_step):
+    noise_key, unroll_key = jax.random.split(key)
+    eps = truncated_step.sample_perturbations(noise_key, meta_params, unroll.num_tasks, self.std)
+    accumulator = jax.tree.map(jnp.add, state.accumulator, eps)
+    new_unroll, output = unroll.unroll(truncated_step.antithetic_meta_params(meta_params, eps), state.unroll,
+                                       unroll_key, meta_step, per_particle=True)
+    differences = (output.values[:, :, 0] - output.values[:, :, 1]) * unroll.weights()[:, None]  # [T, B]
+    delta_old = jnp.sum(jnp.where(output.before_reset, differences, 0.0), axis=0)
+    delta_new = jnp.sum(jnp.where(output.before_reset, 0.0, differences), axis=0)
+    scale = 1.0 / (2 * self.std**2)
+    grad = jax.tree.map(jnp.add, truncated_step.weighted_tree_mean(delta_old * scale, accumulator),
+                        truncated_step.weighted_tree_mean(delta_new * scale, eps))
+    episode_ended = ~output.before_reset[-1]
+    accumulator = truncated_step.select_instances(episode_ended, eps, accumulator)
+    losses = unroll.truncation_loss(output)
+    return grad, PESGroupState(new_unroll, accumulator), truncated_step.unroll_metrics(output, losses)

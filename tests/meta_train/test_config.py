@@ -1,0 +1,184 @@
+"""Tests of the config schema, TOML loading, overrides, and the shipped configs."""
+
+import dataclasses
+import glob
+import os
+import re
+import typing
+
+import pytest
+
+from meta_train import build
+from meta_train import config as config_lib
+from meta_train.config import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHIPPED = sorted(glob.glob(os.path.join(REPO, 'configs', '*.toml')))
+
+
+def test_defaults_round_trip_through_toml_text():
+  config = config_lib.loads('[run]\nseed = 7\n[estimator.truncation]\nname = "constant"\nkwargs = {length = 5}')
+  assert config.run.seed == 7 and config.estimator.truncation.kwargs == {'length': 5}
+  assert config_lib.loads(config_lib.dumps(config)) == config
+
+
+def test_dumps_round_trips_awkward_values():
+  config = config_lib.loads(
+      '[tasks]\nkwargs = {dims = [2, 3], "odd key" = "a \\"quoted\\" \\\\ string", nested = {x = 1.5e-7}}')
+  assert config_lib.loads(config_lib.dumps(config)) == config
+
+
+@pytest.mark.parametrize('text, message', [
+    ('[run]\nsed = 1', r"unknown config key 'run.sed'. Did you mean 'seed'\?"),
+    ('[estimatr]\nname = "pes"', r"unknown config key 'estimatr'. Did you mean 'estimator'\?"),
+    ('[estimator.truncaton]\nname = "x"', r"'estimator.truncaton'. Did you mean 'truncation'\?"),
+    ('[meta_optimizer]\nlearning_rat = 1.0', r"Did you mean 'learning_rate'\?.*Valid names: clip_by_global_norm"),
+])
+def test_unknown_key_names_it_and_the_closest_valid_names(text, message):
+  with pytest.raises(ConfigError, match=message):
+    config_lib.loads(text)
+
+
+@pytest.mark.parametrize('text, message', [
+    ('[run]\nseed = 1.5', r"'run.seed' must be an integer, got 1.5"),
+    ('[run]\nseed = true', r"'run.seed' must be an integer, got True"),
+    ('[run]\nmeta_steps = 0', r"'run.meta_steps' must be > 0, got 0"),
+    ('[run]\nkeep_checkpoints = 1', r"'run.keep_checkpoints' must be >= 2"),
+    ('[meta_optimizer]\nlearning_rate = "fast"', r"'meta_optimizer.learning_rate' must be a number"),
+    ('[meta_optimizer]\nlearning_rate = -1e-3', r"'meta_optimizer.learning_rate' must be > 0"),
+    ('[meta_optimizer]\nclip_by_value = inf', r"'meta_optimizer.clip_by_value' must be finite"),
+    ('[estimator]\nname = 3', r"'estimator.name' must be a str"),
+    ('[tasks]\nkwargs = 3', r"'tasks.kwargs' must be a dict"),
+    ('run = 3', r"section 'run' must be a table"),
+])
+def test_wrong_type_or_value_names_the_field(text, message):
+  with pytest.raises(ConfigError, match=message):
+    config_lib.loads(text)
+
+
+def test_integer_is_accepted_for_a_float_field():
+  assert config_lib.loads('[meta_optimizer]\nlearning_rate = 1').meta_optimizer.learning_rate == 1.0
+
+
+@pytest.mark.parametrize('override, expected', [
+    ('run.seed=3', ('run', 'seed', 3)),
+    ('meta_optimizer.learning_rate=3e-4', ('meta_optimizer', 'learning_rate', 3e-4)),
+    ('estimator.name="es"', ('estimator', 'name', 'es')),
+    ('estimator.name=es', ('estimator', 'name', 'es')),  # a bare word is a string
+    ('tasks.kwargs={dim = 3}', ('tasks', 'kwargs', {'dim': 3})),
+])
+def test_overrides_use_toml_literals(override, expected):
+  config = config_lib.loads('', [override])
+  section, field, value = expected
+  assert getattr(getattr(config, section), field) == value
+
+
+def test_override_reaches_into_kwargs_tables_and_keeps_file_values():
+  config = config_lib.loads('[estimator.kwargs]\nstd = 0.01\nnum = 2',
+                            ['estimator.kwargs.std=0.5', 'estimator.truncation.kwargs.length=[1, 2]'])
+  assert config.estimator.kwargs == {'std': 0.5, 'num': 2}
+  assert config.estimator.truncation.kwargs == {'length': [1, 2]}
+
+
+@pytest.mark.parametrize('override, message', [
+    ('run.sede=1', r"unknown config key 'run.sede'. Did you mean 'seed'\?"),
+    ('run.seed', r'must look like dotted.key=value'),
+    ('run..seed=1', r'empty key part'),
+    ('run.seed.x=1', r"'run.seed' is a value, not a table"),
+    ('run.seed=1e-3x', r"'run.seed' must be an integer, got '1e-3x'"),
+])
+def test_bad_overrides_are_named(override, message):
+  with pytest.raises(ConfigError, match=message):
+    config_lib.loads('[run]\nseed = 0', [override])
+
+
+def test_missing_or_invalid_file_is_a_config_error(tmp_path):
+  with pytest.raises(ConfigError, match='does not exist'):
+    config_lib.load(tmp_path / 'nope.toml')
+  bad = tmp_path / 'bad.toml'
+  bad.write_text('[run\nseed = 1')
+  with pytest.raises(ConfigError, match='not valid TOML'):
+    config_lib.load(bad)
+
+
+def test_differences_lists_changed_fields():
+  a = config_lib.loads('[run]\nseed = 1')
+  b = config_lib.loads('[run]\nseed = 2\nmeta_steps = 5\n[estimator.kwargs]\nstd = 0.1')
+  assert config_lib.differences(a, b) == {'run.seed': (1, 2), 'run.meta_steps': (1000, 5),
+                                          'estimator.kwargs': ({}, '<unset>'),
+                                          'estimator.kwargs.std': ('<unset>', 0.1)}
+
+
+def _schema_classes(cls=config_lib.Config, seen=None):
+  seen = [] if seen is None else seen
+  seen.append(cls)
+  for tp in typing.get_type_hints(cls).values():
+    if dataclasses.is_dataclass(tp) and tp not in seen:
+      _schema_classes(tp, seen)
+  return seen
+
+
+@pytest.mark.parametrize('cls', _schema_classes()[1:], ids=lambda c: c.__name__)
+def test_every_schema_field_is_documented_in_the_docstring(cls):
+  for field in dataclasses.fields(cls):
+    assert re.search(rf'^\s+{field.name}: \S', cls.__doc__, re.M), f'{cls.__name__}.{field.name} lacks a docstring'
+
+
+# --- the shipped configs -----------------------------------------------------------------------------------------
+
+
+def test_the_expected_configs_are_shipped():
+  names = {os.path.basename(p) for p in SHIPPED}
+  assert {'quickstart.toml', 'wichrowska2017.toml', 'metz2019.toml', 'metz2020.toml', 'pes_quadratics.toml'} <= names
+
+
+@pytest.mark.parametrize('path', SHIPPED, ids=os.path.basename)
+def test_shipped_config_is_valid_and_every_key_is_commented(path):
+  config_lib.load(path)
+  with open(path, encoding='utf-8') as f:
+    lines = f.read().splitlines()
+  for i, line in enumerate(lines):
+    stripped = line.strip()
+    if not stripped or stripped.startswith('#') or stripped.startswith('['):
+      continue
+    key = stripped.split('=', 1)[0].strip()
+    documented = '#' in line.split('=', 1)[1] or (i > 0 and lines[i - 1].strip().startswith('#'))
+    assert documented, f'{os.path.basename(path)}:{i + 1}: key {key!r} has no comment'
+
+
+@pytest.mark.parametrize('path', SHIPPED, ids=os.path.basename)
+def test_shipped_config_builds(path):
+  """Every name and keyword argument in the shipped configs is accepted by the component it selects."""
+  components = build.build(config_lib.load(path))
+  assert components.evaluate is not None  # every shipped config evaluates against Adam
+
+
+def test_build_rejects_unknown_names_and_kwargs_with_suggestions():
+  config = config_lib.loads('[meta_optimizer]\nname = "adamm"')
+  with pytest.raises(ConfigError, match=r"meta_optimizer.name.*'adamm'.*Did you mean 'adam'"):
+    build.build_meta_optimizer(config.meta_optimizer)
+  config = config_lib.loads('[meta_optimizer]\nkwargs = {b11 = 0.5}')
+  with pytest.raises(ConfigError, match=r"unknown config key 'meta_optimizer.kwargs.b11'. Did you mean 'b1'"):
+    build.build_meta_optimizer(config.meta_optimizer)
+  config = config_lib.loads('[meta_optimizer]\nkwargs = {b1 = "half"}')
+  with pytest.raises(ConfigError, match=r"meta_optimizer.kwargs.b1 must be"):
+    build.build_meta_optimizer(config.meta_optimizer)
+  config = config_lib.loads('[meta_optimizer]\nkwargs = {learning_rate = 0.5}')
+  with pytest.raises(ConfigError, match=r"meta_optimizer.kwargs.learning_rate is set by the trainer"):
+    build.build_meta_optimizer(config.meta_optimizer)
+  config = config_lib.loads('[estimator]\nname = "pess"')
+  with pytest.raises(ConfigError, match=r"estimator.name.*'pess'.*Did you mean 'pes'"):
+    build.build_estimator(config.estimator, None, [], 1)
+  with pytest.raises(ConfigError, match=r'cannot import module'):
+    build.import_attr('no_such_module_xyz:f', 'estimator.name')
+
+
+def test_meta_optimizer_clips_before_the_optax_update():
+  import jax.numpy as jnp
+  config = config_lib.loads('[meta_optimizer]\nname = "sgd"\nlearning_rate = 1.0\nclip_by_value = 0.5\n'
+                            'clip_by_global_norm = 0')
+  tx = build.build_meta_optimizer(config.meta_optimizer)
+  params = {'w': jnp.zeros(3)}
+  updates, _ = tx.update({'w': jnp.asarray([2.0, -0.1, -3.0])}, tx.init(params), params)
+  assert updates['w'].tolist() == pytest.approx([-0.5, 0.1, 0.5])
+
