@@ -94,6 +94,14 @@ class RunResult:
   def finite(self) -> bool:
     return bool(np.all(np.isfinite(self.train_loss)))
 
+  @property
+  def final_test_loss(self) -> float | None:
+    """Mean over seeds of the last test-loss measurement; None without a test split."""
+    if self.test_loss is None:
+      return None
+    value = float(np.mean(self.test_loss[..., -1]))
+    return value if math.isfinite(value) else math.inf
+
 
 def final_loss(train_loss: np.ndarray) -> float:
   """Mean over seeds of the training loss averaged over the last :data:`FINAL_FRACTION` of steps; inf if not finite."""
@@ -257,7 +265,34 @@ class Report:
       med_str = f'> {self.speedup_horizon:g}' if med > self.speedup_horizon else f'{med:.2f}'
       rates = ' | '.join(f'{100 * self.win_rate(c, b):.0f}%' for b in self.baselines)
       lines.append(f'| {c} | {med_str} | {self.log_ratio_iqm(c):+.3f} | {rates} |')
+    with_test = [t for t in self.tasks if t.entry.has_test_split]
+    if with_test:
+      lines += ['', 'Final test loss (mean over seeds of the last measurement):', '',
+                '| task | ' + ' | '.join(names) + ' |', '|' + '---|' * (len(names) + 1)]
+      for t in with_test:
+        lines.append(f'| {t.entry.name} | ' + ' | '.join(f'{t.results[n].final_test_loss:.3g}' for n in names) + ' |')
+    unstable = [(t.entry.name, c) for t in self.tasks for c in self.candidates if not t.results[c].finite]
+    lines += ['', 'Non-finite losses: ' + (', '.join(f'{c} on {n}' for n, c in unstable) if unstable else 'none.')]
     return '\n'.join(lines)
+
+  def to_json(self) -> dict:
+    """Everything summarised in :meth:`markdown`, per task and optimizer, as plain JSON types."""
+    def number(x):
+      return None if x is None or not math.isfinite(x) else float(x)
+    tasks = []
+    for t in self.tasks:
+      results = {}
+      for name, r in t.results.items():
+        results[name] = {'final_loss': number(r.final_loss), 'mean_log_loss': number(r.mean_log_loss),
+                         'final_test_loss': number(r.final_test_loss), 'learning_rate': r.learning_rate,
+                         'finite': r.finite}
+      tasks.append({'name': t.entry.name, 'num_steps': t.entry.num_steps, 'results': results,
+                    'speedup_vs_adam_tuned': {c: number(v) for c, v in t.speedup.items()}})
+    summary = {c: {'log10_ratio_iqm_vs_adam_tuned': number(self.log_ratio_iqm(c)),
+                   'win_rate': {b: self.win_rate(c, b) for b in self.baselines},
+                   'all_finite': all(t.results[c].finite for t in self.tasks)} for c in self.candidates}
+    return {'candidates': list(self.candidates), 'baselines': list(self.baselines),
+            'speedup_horizon': self.speedup_horizon, 'tasks': tasks, 'summary': summary}
 
   def plot(self, out_dir: str) -> list[str]:
     """Writes one learning-curve PNG per task (mean over seeds, min..max shaded, log scale); returns the paths."""

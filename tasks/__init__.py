@@ -7,9 +7,9 @@ from tasks.families import NoisyBowlFamily, NoisyQuadraticFamily, RescaledFamily
 from tasks.generated_classification import MLPClassifierFamily, SoftmaxRegressionFamily
 from tasks.matmul_algorithm import MatMulAlgorithm, MatMulAlgorithmFamily
 from tasks.norm import Norm, NormFamily
-from tasks.problem_sets import ProblemSet, wichrowska2017
+from tasks.problem_sets import ProblemSet, hrnn_training_set, wichrowska2017
 from tasks.quadratic import Bowl, BowlFamily, Quadratic, QuadraticFamily
-from tasks.test_functions import TestFunction, TestFunctionFamily
+from tasks.test_functions import RosenbrockND, TestFunction, TestFunctionFamily
 # Real data: IDX files, Fashion-MNIST / MNIST / digits, Flax classifiers and their families.
 from tasks import datasets, idx, image_classification, image_families
 from tasks.datasets import DatasetNotFoundError, load_dataset, load_digits, load_fashion_mnist, load_mnist
@@ -23,9 +23,10 @@ __all__ = ['SPLITS', 'SingleTaskFamily', 'Task', 'TaskFamily']
 __all__ += ['Bowl', 'BowlFamily', 'GradientNoise', 'GradientNoiseFamily', 'LogObjective', 'LogObjectiveFamily',
             'MLPClassifierFamily', 'MatMulAlgorithm', 'MatMulAlgorithmFamily', 'NoisyBowlFamily',
             'NoisyQuadraticFamily', 'Norm', 'NormFamily', 'ProblemSet', 'Quadratic', 'QuadraticFamily', 'Rescale',
-            'RescaleFamily', 'RescaledFamily', 'SoftmaxRegressionFamily', 'SparseFamily', 'SparseGradients',
-            'SparseGradientsFamily', 'Sum', 'SumFamily', 'TestFunction', 'TestFunctionFamily',
-            'TestFunctionsFamily', 'families', 'problem_sets', 'sampling', 'wichrowska2017', 'wrappers']
+            'RescaleFamily', 'RescaledFamily', 'RosenbrockND', 'SoftmaxRegressionFamily', 'SparseFamily',
+            'SparseGradients', 'SparseGradientsFamily', 'Sum', 'SumFamily', 'TestFunction', 'TestFunctionFamily',
+            'TestFunctionsFamily', 'families', 'hrnn_training_set', 'problem_sets', 'sampling', 'wichrowska2017',
+            'wrappers']
 __all__ += ['ConvNetFamily', 'DatasetNotFoundError', 'FixedImageClassifierFamily', 'IdxFormatError',
             'ImageClassificationTask', 'ImageTaskConfig', 'MLPFamily', 'conv_task', 'datasets', 'idx',
             'image_classification', 'image_families', 'load_dataset', 'load_digits', 'load_fashion_mnist',

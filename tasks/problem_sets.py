@@ -217,3 +217,28 @@ def wichrowska2017() -> ProblemSet:
     add(wrappers.SparseGradientsFamily(family, 0.99), f'sparse_{name}')
 
   return ProblemSet('wichrowska2017', problems)
+
+
+#: The problems of :func:`wichrowska2017` that :func:`hrnn_training_set` trains on. What it leaves out (Rosenbrock,
+#: MatMulAlgorithm, Norm, LogSumExp, Ackley, the sums, every quadratic above 100 dimensions, and all real-data
+#: image tasks) is what the held-out suite of :mod:`meta_train.heldout` evaluates on.
+HRNN_TRAINING_PROBLEMS = (
+    'quadratic_20_noise0.5', 'quadratic_25', 'quadratic_50_noise1', 'quadratic_100_noise2',
+    'bowl_1', 'bowl_5_noise0.1',
+    'softmax_10_bs100_sep2', 'softmax_100_bs50_sep1_noise0.1',
+    'mlp_sigmoid_32_nf9_bs128', 'mlp_sigmoid_8x5_nf8_bs10', 'mlp_sigmoid_32x64_nf7_bs16',
+    'beale', 'booth_noise1', 'sparse_quadratic_50', 'rescale132_quadratic_100',
+)
+
+
+def hrnn_training_set() -> ProblemSet:
+  """The meta-training set of the shipped hierarchical RNN (``configs/hrnn_shipped.toml``): 15 problems of
+  :func:`wichrowska2017` (:data:`HRNN_TRAINING_PROBLEMS`).
+
+  A smaller set than the paper's 101 so that every structure group compiles in a minute or two on CPU, chosen to
+  keep its variety (clean and noisy quadratics of 20 to 100 dimensions, rescaled and sparse gradients, 2-D bowls
+  and test functions, softmax regression, sigmoid MLPs of one and two hidden layers) while leaving whole problem
+  types out for the held-out evaluation.
+  """
+  everything = wichrowska2017()
+  return ProblemSet('hrnn_training_set', [(name, everything[name]) for name in HRNN_TRAINING_PROBLEMS])

@@ -178,3 +178,24 @@ class TestFunctionFamily(base.TaskFamily):
 
   def __repr__(self):
     return f'TestFunctionFamily({self.function!r})'
+
+
+class RosenbrockND(base.Task):
+  """The n-dimensional Rosenbrock function ``Σ_{i<n} 100 (x_{i+1} − x_i²)² + (1 − x_i)²`` (Rosenbrock 1960, in
+  the chained form of Shang & Qiu 2006); minimum 0 at ``x = 1``, a narrow curved valley that punishes both too
+  large and too timid steps. Init: uniform on ``[−2, 2]^n``.
+  """
+
+  def __init__(self, dim: int = 10):
+    if dim < 2:
+      raise ValueError(f'RosenbrockND needs dim >= 2, got {dim}.')
+    self.dim = dim
+    self.name = f'rosenbrock_{dim}d'
+
+  def init(self, key):
+    return jax.random.uniform(key, (self.dim,), jnp.float32, -2.0, 2.0)
+
+  def loss(self, params, key, batch):
+    del key, batch
+    x, x_next = params[:-1], params[1:]
+    return jnp.sum(100.0 * (x_next - x * x) ** 2 + (1.0 - x) ** 2)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
+import tasks
 from tasks import test_functions as tf
 
 # Known global minima from the optimisation test-function literature (sfu.ca/~ssurjano) or derived by hand below.
@@ -97,3 +98,17 @@ def test_task_shift_and_scale_move_the_optimum():
 def test_unknown_function_name_is_rejected():
   with pytest.raises(ValueError, match='unknown test function .*rosenbrock'):
     tf.TestFunction('rosenbrok')
+
+
+def test_rosenbrock_nd_minimum_gradient_and_chained_form():
+  task = tasks.RosenbrockND(10)
+  ones = jnp.ones(10)
+  assert float(task.loss(ones, None, None)) == 0.0
+  np.testing.assert_array_equal(jax.grad(task.loss)(ones, None, None), np.zeros(10))
+  # In two dimensions it is the classic Rosenbrock function of the Wichrowska set.
+  x = jnp.asarray([-1.2, 1.0])
+  assert float(tasks.RosenbrockND(2).loss(x, None, None)) == pytest.approx(float(tf.rosenbrock(x)))
+  x0 = task.init(jax.random.key(0))
+  assert x0.shape == (10,) and float(jnp.min(x0)) >= -2.0 and float(jnp.max(x0)) <= 2.0
+  with pytest.raises(ValueError, match='dim >= 2'):
+    tasks.RosenbrockND(1)

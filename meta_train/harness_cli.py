@@ -1,0 +1,102 @@
+"""Command line of the evaluation harness: learned optimizers against tuned baselines on the held-out suite.
+
+Examples::
+
+    # The shipped hierarchical RNN (lopt.hierarchical_rnn()) on the whole held-out suite, 500 steps, 3 seeds:
+    python -m meta_train.harness_cli --out runs/eval_hrnn
+
+    # Any lopt.save file (e.g. a meta-training run's final.npz) against Adam only, on two tasks:
+    python -m meta_train.harness_cli --optimizer mine=runs/quickstart/final.npz \\
+        --baselines adam_tuned,adam_1e-3 --tasks digits_mlp,rosenbrock_10d --out runs/eval_mine
+
+``--optimizer`` (repeatable) takes ``NAME=FILE.npz`` (a :func:`lopt.save` file), ``FILE.npz``, or a built-in
+architecture name (its shipped weights when the package has them, else its initial weights). DIR receives
+``report.md`` (the markdown tables), ``report.json`` (the same numbers, machine-readable) and ``curves/*.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+import jax
+
+from meta_train import harness
+from meta_train import heldout
+
+
+def _candidate(spec: str) -> tuple[str, harness.OptimizerSpec]:
+  """``NAME=FILE``, ``FILE`` or an architecture name -> (name, OptimizerSpec)."""
+  import lopt  # pylint: disable=import-outside-toplevel
+  from lopt import pretrained  # pylint: disable=import-outside-toplevel
+  name, _, path = spec.rpartition('=') if '=' in spec else ('', '', spec)
+  if path.endswith('.npz') or os.sep in path:
+    architecture, meta_params = lopt.load(path)
+    name = name or pathlib.Path(path).stem
+  else:
+    try:
+      architecture_cls = lopt.get_architecture(path)
+    except (KeyError, ValueError) as e:
+      raise SystemExit(f'--optimizer {spec!r}: not a .npz file and not an architecture name ({e}).') from None
+    if pretrained.pretrained_path(path) is not None:
+      architecture, meta_params = pretrained.load_pretrained(path)
+      name = name or f'{path}_shipped'
+    else:
+      architecture = architecture_cls()
+      meta_params = architecture.init(jax.random.key(0))
+      name = name or f'{path}_init'
+  return name, harness.OptimizerSpec(name, lambda: architecture.transform(meta_params))
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m meta_train.harness_cli',
+                                   description=__doc__.split('\n\n')[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--optimizer', action='append', default=None,
+                      help='NAME=FILE.npz, FILE.npz or an architecture name (repeatable; default hierarchical_rnn)')
+  parser.add_argument('--tasks', default=','.join(heldout.ALL_TASKS),
+                      help='comma-separated held-out task names (default: all)')
+  parser.add_argument('--baselines', default=','.join(harness.default_baselines()),
+                      help='comma-separated baseline names (adam_tuned is required; default: all)')
+  parser.add_argument('--steps', type=int, default=heldout.DEFAULT_NUM_STEPS, help='step budget per task')
+  parser.add_argument('--seeds', type=int, default=3, help='seeds per task and optimizer')
+  parser.add_argument('--speedup-horizon', type=float, default=4.0,
+                      help='tuned Adam runs this many times the budget to measure speedups above 1')
+  parser.add_argument('--out', required=True, help='output directory (created)')
+  args = parser.parse_args(argv)
+  if args.steps < 20 or args.seeds < 1:
+    parser.error(f'--steps must be >= 20 and --seeds >= 1, got {args.steps} and {args.seeds}.')
+
+  candidates = dict(_candidate(s) for s in (args.optimizer or ['hierarchical_rnn']))
+  every = harness.default_baselines()
+  wanted = [b for b in args.baselines.split(',') if b]
+  unknown = [b for b in wanted if b not in every]
+  if unknown:
+    parser.error(f'unknown baselines {unknown}; choose from {", ".join(every)}.')
+  if 'adam_tuned' not in wanted:
+    parser.error('--baselines must include adam_tuned (the reference of the speedup measure).')
+  try:
+    suite = heldout.heldout_suite([t for t in args.tasks.split(',') if t], num_steps=args.steps)
+  except ValueError as e:
+    parser.error(str(e))
+  try:
+    os.makedirs(args.out, exist_ok=True)
+  except OSError as e:
+    parser.error(f'cannot create --out {args.out!r}: {e}')
+
+  report = harness.evaluate(candidates, suite, {b: every[b] for b in wanted}, seeds=args.seeds,
+                            speedup_horizon=args.speedup_horizon)
+  table = report.markdown()
+  pathlib.Path(args.out, 'report.md').write_text(table + '\n')
+  pathlib.Path(args.out, 'report.json').write_text(json.dumps(report.to_json(), indent=1) + '\n')
+  report.plot(os.path.join(args.out, 'curves'))
+  print(table)
+  print(f'\nwrote {args.out}/report.md, report.json and curves/', file=sys.stderr)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,85 @@
+"""The held-out suite and the harness command line."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import tasks
+from meta_train import harness_cli
+from meta_train import heldout
+
+SYNTHETIC = [n for n in heldout.ALL_TASKS if not n.startswith('fashion_mnist')]
+
+
+def test_suite_is_disjoint_from_the_shipped_training_set():
+  training = set(tasks.problem_sets.HRNN_TRAINING_PROBLEMS)
+  assert not training & set(heldout.WICHROWSKA_HELDOUT)
+  # The held-out quadratics lie outside the training dimensions (20..100).
+  trained_dims = {tasks.wichrowska2017()[n].task(tasks.wichrowska2017()[n].sample(jax.random.key(0))).init(
+      jax.random.key(0)).shape[0] for n in training if n.startswith('quadratic_')}
+  assert min(trained_dims) == 20 and max(trained_dims) == 100
+  for entry in heldout.heldout_suite(['noisy_quadratic_5', 'noisy_quadratic_500', 'quadratic_2048']):
+    dim = entry.task.init(jax.random.key(0)).shape[0]
+    assert not 20 <= dim <= 100, entry.name
+
+
+@pytest.mark.parametrize('name', SYNTHETIC)
+def test_every_synthetic_task_has_a_finite_loss_and_gradient_and_is_fixed(name):
+  (entry,) = heldout.heldout_suite([name])
+  assert entry.num_steps == heldout.DEFAULT_NUM_STEPS
+  params = entry.task.init(jax.random.key(1))
+  batch = entry.task.batch(jax.random.key(2), 'train')
+  loss, grads = jax.value_and_grad(entry.task.loss)(params, jax.random.key(3), batch)
+  assert math.isfinite(float(loss))
+  assert all(bool(np.all(np.isfinite(g))) for g in jax.tree.leaves(grads))
+  # Building the suite again gives the same instance (the same loss at the same point).
+  (again,) = heldout.heldout_suite([name])
+  assert float(again.task.loss(params, jax.random.key(3), again.task.batch(jax.random.key(2), 'train'))) == float(
+      loss)
+
+
+@pytest.mark.data
+def test_fashion_mnist_tasks_build(fashion_mnist_dir):
+  entries = heldout.heldout_suite(['fashion_mnist_mlp', 'fashion_mnist_conv'], data_dir=fashion_mnist_dir)
+  for entry in entries:
+    assert entry.has_test_split
+    params = entry.task.init(jax.random.key(0))
+    loss = entry.task.loss(params, jax.random.key(1), entry.task.batch(jax.random.key(2), 'test'))
+    assert abs(float(loss) - math.log(10)) < 0.5  # ten classes at init: close to uniform
+
+
+def test_unknown_task_and_bad_budget_are_named():
+  with pytest.raises(ValueError, match="unknown held-out task 'mnist_mlp'.*digits_mlp"):
+    heldout.heldout_suite(['mnist_mlp'])
+  with pytest.raises(ValueError, match='num_steps must be >= 1'):
+    heldout.heldout_suite(['ackley'], num_steps=0)
+
+
+def test_cli_writes_report_files(tmp_path, capsys):
+  out = tmp_path / 'eval'
+  code = harness_cli.main(['--optimizer', 'learnable_adam', '--tasks', 'ackley,noisy_quadratic_5', '--steps', '40',
+                           '--seeds', '1', '--baselines', 'adam_tuned,adam_1e-3', '--speedup-horizon', '1',
+                           '--out', str(out)])
+  assert code == 0
+  report = json.loads((out / 'report.json').read_text())
+  assert [t['name'] for t in report['tasks']] == ['ackley', 'noisy_quadratic_5']
+  assert report['candidates'] == ['learnable_adam_init']
+  for t in report['tasks']:
+    # LearnableAdam at init is Adam(1e-3) exactly: same final loss as the adam_1e-3 baseline.
+    assert t['results']['learnable_adam_init']['final_loss'] == pytest.approx(
+        t['results']['adam_1e-3']['final_loss'], rel=1e-5)
+  assert '| ackley | 40 |' in (out / 'report.md').read_text()
+  assert sorted(p.name for p in (out / 'curves').iterdir()) == ['ackley.png', 'noisy_quadratic_5.png']
+  assert '| candidate |' in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+  with pytest.raises(SystemExit):
+    harness_cli.main(['--baselines', 'adam_1e-3', '--out', str(tmp_path)])  # no tuned Adam reference
+  with pytest.raises(SystemExit):
+    harness_cli.main(['--baselines', 'adam_tuned,adamw', '--out', str(tmp_path)])
+  with pytest.raises(SystemExit):
+    harness_cli.main(['--optimizer', 'no_such_optimizer', '--out', str(tmp_path)])
