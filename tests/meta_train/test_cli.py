@@ -117,3 +117,25 @@ def test_quickstart_config_lowers_the_meta_loss_and_beats_adam_on_held_out_tasks
     final = [json.loads(line) for line in f][-1]
   # Observed: final loss 0.78 vs Adam's 25 on 4 held-out quadratics (log ratio -3.2); require only "better".
   assert final['lopt_vs_adam_log_ratio'] < 0 and final['lopt_win_rate'] >= 0.5
+
+
+def test_export_writes_the_newest_checkpoints_meta_params(tmp_path, capsys):
+  from meta_train import export
+  from lopt import serialization
+  config = write_tiny_config(tmp_path)
+  out = tmp_path / 'run'
+  code, err = _run_main(capsys, config, '--out', str(out), 'run.meta_steps=6', 'evaluation.every=0', '--no-progress')
+  assert code == 0, err
+  architectures = {quadratic_fixture.LearnedSGD.name: quadratic_fixture.LearnedSGD}
+  _, final = serialization.load(out / 'final.npz', architectures)
+  assert export.main([str(out), str(tmp_path / 'exported.npz')]) == 0
+  assert 'after 6 meta-steps' in capsys.readouterr().err
+  _, exported = serialization.load(tmp_path / 'exported.npz', architectures)
+  np.testing.assert_array_equal(exported['log_lr'], final['log_lr'])
+  # Not a run directory, and a run without checkpoints: one-line errors.
+  assert export.main([str(tmp_path), str(tmp_path / 'x.npz')]) == 2
+  assert 'has no config.toml' in capsys.readouterr().err
+  for ckpt in (out / 'checkpoints').iterdir():
+    ckpt.unlink()
+  assert export.main([str(out), str(tmp_path / 'x.npz')]) == 2
+  assert 'has no checkpoint yet' in capsys.readouterr().err
