@@ -90,7 +90,8 @@ class RunLogger:
     record = {'step': int(step), **{k: _json_value(v) for k, v in metrics.items()}}
     self._append(self.metrics_path, record)
     for k, v in metrics.items():
-      self._writer.add_scalar(f'train/{k}', float(v), step)
+      if k != 'unix_time':  # TensorBoard records wall time itself (and float32 cannot hold a timestamp)
+        self._writer.add_scalar(f'train/{k}', float(v), step)
 
   def log_evaluation(self, step: int, results: Mapping[str, float]) -> None:
     if not self.enabled:

@@ -243,6 +243,7 @@ def train(config: config_lib.Config, out_dir: str, components: Components | None
         totals = sharding.to_host((state.nonfinite_meta_grads, state.inner_nonfinite_resets))
         record['nonfinite_meta_grads_total'] = int(totals[0])
         record['inner_nonfinite_resets_total'] = float(totals[1])
+        record['unix_time'] = time.time()  # wall-clock timestamps let a model card state the compute spent
         logger.log(step, record)
         bar.set_postfix(meta_loss=f'{record.get("meta_loss", float("nan")):.4g}',
                         skipped=record['nonfinite_meta_grads_total'],

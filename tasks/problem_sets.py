@@ -242,3 +242,19 @@ def hrnn_training_set() -> ProblemSet:
   """
   everything = wichrowska2017()
   return ProblemSet('hrnn_training_set', [(name, everything[name]) for name in HRNN_TRAINING_PROBLEMS])
+
+
+#: The problems :func:`mlp_lopt_training_set` trains on: classifiers on generated data with 1000 training points,
+#: which overfit, so that a validation meta-objective has something to correct.
+MLP_LOPT_TRAINING_PROBLEMS = (
+    'softmax_10_bs100_sep2', 'softmax_100_bs50_sep1', 'softmax_200_bs20_sep1.5',
+    'mlp_sigmoid_32_nf9_bs128', 'mlp_sigmoid_32x64_nf7_bs16', 'mlp_sigmoid_8x5x3_nf12_bs200',
+)
+
+
+def mlp_lopt_training_set() -> ProblemSet:
+  """The meta-training set of the shipped MLP optimizer (``configs/mlp_lopt_shipped.toml``): 6 generated-data
+  classification problems of :func:`wichrowska2017` (:data:`MLP_LOPT_TRAINING_PROBLEMS`), none in the held-out suite.
+  """
+  everything = wichrowska2017()
+  return ProblemSet('mlp_lopt_training_set', [(name, everything[name]) for name in MLP_LOPT_TRAINING_PROBLEMS])
