@@ -18,6 +18,12 @@ uninterrupted run would have (on CPU; see ``tests/meta_train/test_resume_sigkill
 
 The ensemble axis of the estimator state is sharded over every device (:mod:`meta_train.sharding`); the step itself is
 written for one device and ``jax.jit`` partitions it.
+
+Estimators with host-sampled branches (``estimator.num_branches > 1``, e.g. ``group_mode = 'sample'`` over several
+structure groups; see :mod:`meta_train.base`): before each meta-step the branch is drawn on the host from the
+state's PRNG key (:func:`draw_branch`), and the step specialised to that branch is compiled the first time the branch
+is drawn and reused afterwards. The draw depends on the key alone, so a resumed run draws what the uninterrupted run
+drew, and it equals the draw the estimator makes inside a single program.
 """
 
 from __future__ import annotations
@@ -102,11 +108,30 @@ def init_state(components: Components, key: jax.Array) -> TrainState:
       inner_nonfinite_resets=jnp.zeros((), jnp.float32))
 
 
-def meta_step(components: Components, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One truncation, one meta-gradient, one (possibly skipped) meta-optimizer step."""
+def draw_branch(components: Components, key: jax.Array) -> int | None:
+  """On the host: the estimator branch of the meta-step whose state holds the PRNG key ``key`` (concrete), or
+  ``None`` for an estimator with one branch (the usual case: the step needs no specialisation)."""
+  estimator = components.estimator
+  if getattr(estimator, 'num_branches', 1) <= 1:
+    return None
+  _, estimate_key = jax.random.split(key)  # the split meta_step makes, computed here for the same key
+  return int(estimator.sample_branch(estimate_key))
+
+
+def meta_step(components: Components, state: TrainState,
+              branch: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One truncation, one meta-gradient, one (possibly skipped) meta-optimizer step.
+
+  ``branch``: for an estimator with host-sampled branches, ``draw_branch(components, state.key)`` (static); the
+  step then contains only that branch. ``None`` lets the estimator draw inside the program.
+  """
   key, estimate_key = jax.random.split(state.key)
-  grad, estimator_state, metrics = components.estimator.estimate(state.meta_params, state.estimator_state,
-                                                                 estimate_key)
+  if branch is None:
+    grad, estimator_state, metrics = components.estimator.estimate(state.meta_params, state.estimator_state,
+                                                                   estimate_key)
+  else:
+    grad, estimator_state, metrics = components.estimator.estimate(state.meta_params, state.estimator_state,
+                                                                   estimate_key, branch=branch)
   finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grad)]))
   updates, new_opt_state = components.meta_optimizer.update(grad, state.meta_opt_state, state.meta_params)
   new_params = optax.apply_updates(state.meta_params, updates)
@@ -205,8 +230,8 @@ def train(config: config_lib.Config, out_dir: str, components: Components | None
   # Only the estimator state has an ensemble axis; a meta-parameter that happens to have length B stays replicated.
   state_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), state_shapes)._replace(
       estimator_state=sharding.ensemble_shardings(state_shapes.estimator_state, components.ensemble_size, mesh))
-  step_fn = jax.jit(lambda s: meta_step(components, s), in_shardings=(state_shardings,),
-                    out_shardings=(state_shardings, sharding.replicated(mesh)))
+  step_fn = _BranchedStep(components, in_shardings=(state_shardings,),
+                          out_shardings=(state_shardings, sharding.replicated(mesh)))
 
   # Resume from the newest readable checkpoint, or start fresh.
   manager = checkpoint.CheckpointManager(os.path.join(out_dir, CHECKPOINT_DIR), keep=run.keep_checkpoints,
@@ -273,6 +298,30 @@ def train(config: config_lib.Config, out_dir: str, components: Components | None
     logger.plot()
   logger.close()
   return TrainResult(meta_params=meta_params, step=step, resumed_from=start, out_dir=out_dir)
+
+
+class _BranchedStep:
+  """``state -> (state, metrics)``: the jitted :func:`meta_step`, one compiled program per estimator branch.
+
+  For an estimator with one branch this is a single ``jax.jit``. Otherwise each call draws the branch on the host
+  from ``state.key`` (a small device-to-host copy; the loop fetches the metrics of every step anyway) and runs the
+  step specialised to it, jitted (and compiled) the first time that branch is drawn. Every branch's step has the
+  same ``jax.jit`` arguments (shardings), so the programs differ only in the branch they trace.
+  """
+
+  def __init__(self, components: Components, **jit_kwargs):
+    self.components = components
+    self.jit_kwargs = jit_kwargs
+    self.steps: dict[int | None, Callable] = {}
+
+  def __call__(self, state: TrainState):
+    branched = getattr(self.components.estimator, 'num_branches', 1) > 1
+    branch = draw_branch(self.components, sharding.to_host(state.key)) if branched else None
+    step = self.steps.get(branch)
+    if step is None:
+      step = jax.jit(lambda s: meta_step(self.components, s, branch), **self.jit_kwargs)
+      self.steps[branch] = step
+    return step(state)
 
 
 def _evaluation_due(config: config_lib.Config, step: int) -> bool:

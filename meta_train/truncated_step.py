@@ -26,11 +26,20 @@ lockstep (the parameters are fresh; only the reset times are staggered).
 :class:`TruncatedEstimator` is the base of the estimators: it splits a list of families into structure groups,
 gives each group ``num_tasks`` instances, and combines the groups' meta-gradients with stated weights.
 :class:`MultiTaskEstimator` combines arbitrary estimators (e.g. a different estimator per group) the same way.
+
+Compilation of sampled groups: in ``'sample'`` mode the group of a call is a *host-sampled branch* (see
+:mod:`meta_train.base`): ``sample_branch(key)`` draws it on the host and ``estimate(..., key, branch=g)`` traces
+only group ``g``, so the trainer compiles each group's step once, the first time it is drawn, instead of one program
+holding every group's unroll behind a ``lax.switch`` (87 groups for the Wichrowska 2017 set: tens of minutes of
+compilation before the first step). ``estimate`` without ``branch`` still draws the group inside the program, and
+both draw the same group from the same key (:func:`branch_thresholds`).
 """
 
 from __future__ import annotations
 
 import abc
+import functools
+import operator
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -335,14 +344,57 @@ def _check_weights(weights, count: int, what: str) -> np.ndarray:
   return weights / weights.sum()
 
 
-def _combine(estimate_fns: Sequence[Callable], states: tuple, key: jax.Array, weights: np.ndarray, mode: str):
+def branch_thresholds(weights: np.ndarray) -> tuple[int, ...]:
+  """The integer thresholds that turn 32 random bits into a draw of one of ``len(weights)`` branches.
+
+  With ``c_i = (w_0 + ... + w_i) / sum(w)``, threshold ``i`` is ``t_i = round(2^32 c_i)`` for ``i < n - 1``, and
+  the branch of bits ``u`` (uniform on ``[0, 2^32)``) is ``g(u) = #{i : t_i <= u}``, so ``P(g) = (t_g - t_{g-1}) /
+  2^32 = w_g / sum(w)`` up to ``2^-32``. A threshold equal to ``2^32`` is never reached and is dropped (trailing
+  zero weights). The draw is integer arithmetic on bits from ``jax.random.bits``, so the host and a jitted program
+  compute the same branch from the same key (a float draw such as ``jax.random.categorical`` could round
+  differently once fused into a large program).
+  """
+  cumulative = np.cumsum(np.asarray(weights, np.float64))
+  cumulative = cumulative / cumulative[-1]
+  thresholds = np.round(cumulative[:-1] * 2.0**32).astype(np.int64)
+  return tuple(int(t) for t in thresholds if t < 2**32)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _draw_bits(key: jax.Array, num_branches: int) -> jax.Array:
+  """The 32 bits that choose the branch of a call with key ``key``: from the last of the ``num_branches + 1`` keys
+  :func:`_combine` splits ``key`` into (the others are the branches' own keys)."""
+  return jax.random.bits(jax.random.split(key, num_branches + 1)[-1], (), jnp.uint32)
+
+
+def sample_branch_on_host(key: jax.Array, num_branches: int, thresholds: Sequence[int]) -> int:
+  """The branch :func:`_combine` draws in ``'sample'`` mode from ``key``, computed on the host (a Python int)."""
+  if isinstance(key, jax.core.Tracer):
+    raise TypeError('sample_branch draws on the host and needs a concrete PRNG key, not a traced one; under jit, '
+                    'call estimate() without branch= (it then draws the branch inside the program).')
+  bits = int(_draw_bits(key, num_branches))
+  return sum(bits >= t for t in thresholds)
+
+
+def _combine(estimate_fns: Sequence[Callable], states: tuple, key: jax.Array, weights: np.ndarray, mode: str,
+             branch: int | None = None):
   """Runs each ``estimate_fn(state, key) -> (grad, state, metrics)`` ('all') or one drawn by weight ('sample').
 
   'all': ``grad = sum_g w_g grad_g``; metrics are weighted means, except counts, which are summed.
   'sample': group ``g`` is drawn with probability ``w_g`` and its gradient returned unweighted, an unbiased
-  estimate of the same weighted sum at a fraction of the cost (only the drawn group's instances advance).
+  estimate of the same weighted sum at a fraction of the cost (only the drawn group's instances advance). With
+  ``branch=None`` the draw happens inside the program (a ``lax.switch`` over every group, all of them traced);
+  with ``branch = sample_branch_on_host(key, ...)`` (a static int) only that group is traced, with the same result.
   """
   keys = jax.random.split(key, len(estimate_fns) + 1)
+  if branch is not None:
+    if mode != 'sample':
+      raise ValueError(f"branch= is only meaningful in 'sample' mode (this estimator combines in {mode!r} mode).")
+    g = operator.index(branch)
+    if not 0 <= g < len(estimate_fns):
+      raise ValueError(f'branch must be in [0, {len(estimate_fns)}), got {branch!r}.')
+    grad, new_state, metrics = estimate_fns[g](states[g], keys[g])
+    return grad, tuple(new_state if i == g else s for i, s in enumerate(states)), metrics
   if mode == 'all':
     results = [fn(s, k) for fn, s, k in zip(estimate_fns, states, keys)]
     grad = jax.tree.map(lambda *g: sum(w * x for w, x in zip(weights, g)), *[r[0] for r in results])
@@ -359,7 +411,9 @@ def _combine(estimate_fns: Sequence[Callable], states: tuple, key: jax.Array, we
       return grad, new_states, metrics
     return run
 
-  chosen = jax.random.categorical(keys[-1], jnp.log(jnp.asarray(weights, jnp.float32)))
+  thresholds = branch_thresholds(weights)
+  bits = _draw_bits(key, len(estimate_fns))  # = jax.random.bits(keys[-1]), as sample_branch_on_host draws
+  chosen = jnp.sum(bits >= jnp.asarray(thresholds, jnp.uint32)) if thresholds else 0
   return jax.lax.switch(chosen, [branch(g) for g in range(len(estimate_fns))], states)
 
 
@@ -368,7 +422,10 @@ class MultiTaskEstimator(GradientEstimator):
 
   ``grad = sum_i w_i grad_i`` with ``w`` = ``weights`` normalised to sum 1 (mode ``'all'``), or with ``'sample'`` one
   estimator drawn per call with probability ``w_i`` (unbiased for the same sum; only that estimator's instances
-  advance). Everything runs inside one jit, so each estimator's unroll is traced and compiled once.
+  advance). In ``'all'`` mode everything runs inside one jit, so each estimator's unroll is traced and compiled
+  once. In ``'sample'`` mode the estimators are host-sampled branches (:attr:`num_branches`, :meth:`sample_branch`,
+  ``estimate(..., branch=i)``): the trainer compiles one step per estimator, the first time it is drawn. (A
+  sampled estimator that samples groups itself draws them inside the program.)
   The state is the tuple of the estimators' states. ``meta_loss`` is the weighted mean of the estimators';
   ``inner_nonfinite_resets`` is summed.
 
@@ -388,14 +445,22 @@ class MultiTaskEstimator(GradientEstimator):
     self.estimators = estimators
     self.weights = _check_weights(weights, len(estimators), 'MultiTaskEstimator weights')
     self.mode = mode
+    self.num_branches = len(estimators) if mode == 'sample' else 1
+    self._thresholds = branch_thresholds(self.weights)
 
   def init(self, key, meta_params):
     keys = jax.random.split(key, len(self.estimators))
     return tuple(e.init(k, meta_params) for e, k in zip(self.estimators, keys))
 
-  def estimate(self, meta_params, state, key):
+  def sample_branch(self, key) -> int:
+    """On the host: the index of the estimator ``estimate(..., key)`` runs in ``'sample'`` mode (0 in ``'all'``)."""
+    if self.num_branches == 1:
+      return 0
+    return sample_branch_on_host(key, len(self.estimators), self._thresholds)
+
+  def estimate(self, meta_params, state, key, branch: int | None = None):
     fns = [lambda s, k, e=e: e.estimate(meta_params, s, k) for e in self.estimators]
-    grad, states, metrics = _combine(fns, tuple(state), key, self.weights, self.mode)
+    grad, states, metrics = _combine(fns, tuple(state), key, self.weights, self.mode, _branch_arg(self, branch))
     return grad, states, metrics
 
 
@@ -423,7 +488,10 @@ class TruncatedEstimator(GradientEstimator):
     group_weights: weight of each structure group's gradient, in group order (default: proportional to the number
       of families in the group, so the mixture matches drawing a family uniformly, as Wichrowska et al. did).
     group_mode: ``'all'`` (every group every call, gradients combined with the weights) or ``'sample'`` (one group
-      per call, drawn by weight).
+      per call, drawn by weight). In ``'sample'`` mode the groups are host-sampled branches (see
+      :mod:`meta_train.base`): ``estimate(..., branch=sample_branch(key))`` traces only the drawn group, so the
+      trainer compiles each group once, when first drawn; ``estimate`` without ``branch`` draws the same group
+      inside the program.
   """
 
   num_particles: int = 1
@@ -442,6 +510,8 @@ class TruncatedEstimator(GradientEstimator):
     self.num_tasks = num_tasks
     self.group_weights = _check_weights(group_weights, len(groups), f'group_weights ({len(groups)} structure groups)')
     self.group_mode = group_mode
+    self.num_branches = len(groups) if group_mode == 'sample' else 1
+    self._thresholds = branch_thresholds(self.group_weights)
     self.unrolls = [
         VectorizedUnroll(architecture, g, num_tasks, unroll_length, truncation_schedule, objective,
                          use_valid_loss=use_valid_loss, second_derivatives=second_derivatives, stagger=stagger)
@@ -461,10 +531,26 @@ class TruncatedEstimator(GradientEstimator):
     groups = tuple(self._init_group(u, k, meta_params) for u, k in zip(self.unrolls, keys))
     return TruncatedEstimatorState(groups=groups, meta_step=jnp.zeros((), jnp.int32))
 
-  def estimate(self, meta_params, state, key):
+  def sample_branch(self, key) -> int:
+    """On the host: the structure group ``estimate(..., key)`` trains in ``'sample'`` mode (0 in ``'all'``)."""
+    if self.num_branches == 1:
+      return 0
+    return sample_branch_on_host(key, len(self.unrolls), self._thresholds)
+
+  def estimate(self, meta_params, state, key, branch: int | None = None):
     fns = [lambda s, k, u=u: self._estimate_group(u, meta_params, s, k, state.meta_step) for u in self.unrolls]
-    grad, groups, metrics = _combine(fns, tuple(state.groups), key, self.group_weights, self.group_mode)
+    grad, groups, metrics = _combine(fns, tuple(state.groups), key, self.group_weights, self.group_mode,
+                                     _branch_arg(self, branch))
     return grad, TruncatedEstimatorState(groups=groups, meta_step=state.meta_step + 1), metrics
+
+
+def _branch_arg(estimator: GradientEstimator, branch: int | None) -> int | None:
+  """``branch`` for :func:`_combine`; ``branch=0`` of a one-branch estimator is accepted and means the usual call."""
+  if branch is not None and estimator.num_branches == 1:
+    if operator.index(branch) != 0:
+      raise ValueError(f'{type(estimator).__name__} has one branch (not in sample mode); got branch={branch!r}.')
+    return None
+  return branch
 
 
 # -----------------------------------------------------------------------------------------------------------------

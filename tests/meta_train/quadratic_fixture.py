@@ -162,6 +162,13 @@ def make_estimator(architecture, families, num_tasks, **kwargs):
   return TruncatedBackpropQuadratic(architecture, family, num_tasks, **kwargs)
 
 
+def quadratics(dims=(2, 3, 4)):
+  """The ``tasks.family = "quadratic_fixture:quadratics"`` hook: one :class:`tasks.QuadraticFamily` per entry of
+  ``dims``; different dimensions are different structure groups (used by ``test_sampled_groups.py``)."""
+  from tasks import QuadraticFamily  # pylint: disable=import-outside-toplevel
+  return [QuadraticFamily(d) for d in dims]
+
+
 TINY_CONFIG = """
 [run]
 seed = 0
