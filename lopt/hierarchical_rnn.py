@@ -54,8 +54,9 @@ Implementation notes.
   then clipped to ``[-max_log_lr, max_log_lr]``: a triangular distribution on ``[log lo, log hi]``.
 * ``value`` (the loss) and any other keyword are accepted and ignored: this architecture does not read the loss.
 * Speed (784-64-10 MLP, 50,890 parameters, batch 128, one CPU core of a shared 2-core machine,
-  ``benchmarks/lopt_step_time.py``): the jitted training step costs SPEED_FULL ``optax.adam``'s (update alone
-  SPEED_UPDATE); the project's 6x target is not met. Every pass over the parameters is memory-bound here (~15 us per
+  ``benchmarks/lopt_step_time.py``): the jitted training step costs ~13-14x ``optax.adam``'s in process CPU time
+  (update alone ~4.6-5.4 ms; the previous two-matmul, flat-back-half version measured ~15-17x interleaved in the same
+  runs); wall-clock medians on the loaded machine are 2-3x noisier. The project's 6x target is not met. Every pass over the parameters is memory-bound here (~15 us per
   ``[N]`` row read or written), and the parameter GRU alone moves ~60 rows (matmul output ``[40, N]``, read back
   with ``h``) and evaluates 30 sigmoid/tanh per parameter, ~1.8 ms, i.e. ~5x Adam's whole step. Measured choices
   that matter on CPU: feature-major layout; one matmul on ``[features; h]`` behind an ``optimization_barrier``
@@ -442,20 +443,25 @@ class HierarchicalRNN(base.LearnedOptimizer):
     # Everything after the matmul is per tensor (static column ranges): the injected bias is a broadcast column, the
     # direction's RMS and the tensor GRU's input are means over the tensor, and the update is produced in the
     # tensor's own shape without a flat intermediate.
-    outputs = {k: [] for k in ('param_hidden', 'rms_decay', 'input_decay', 'log_lr', 'true_param', 'update')}
+    hidden_pieces = [
+        gru.gru_apply_stacked(preactivations[:, start:stop] + b_param[:, None], state.param_hidden[:, start:stop],
+                              beta[:, None])
+        for (start, stop), beta in zip(layout._ranges(), bias_per_tensor)]
+    param_hidden = jnp.concatenate(hidden_pieces, axis=1) if hidden_pieces else state.param_hidden
+    all_readouts = readout_kernels @ param_hidden  # [4 or 5, N], one matmul for all tensors
+
+    outputs = {k: [] for k in ('rms_decay', 'input_decay', 'log_lr', 'true_param', 'update')}
     tensor_inputs = []
-    for (start, stop), beta in zip(layout._ranges(), bias_per_tensor):
+    for (start, stop), hidden in zip(layout._ranges(), hidden_pieces):
       cols = slice(start, stop)
-      hidden = gru.gru_apply_stacked(preactivations[:, cols] + b_param[:, None], state.param_hidden[:, cols],
-                                     beta[:, None])
-      readouts = readout_kernels @ hidden  # [4 or 5, n]
+      readouts = all_readouts[:, cols]
       # The shortcut as S multiply-adds (rows[:S] are the scaled momenta): fused, where a matmul would first copy the
       # strided [S, n] slice.
       directions = jnp.concatenate([readouts[:1], readouts[4:]])  # [1 or 2, n]
       for i in range(self.num_scales):
         directions = directions + shortcuts[:, i:i + 1] * rows[i][cols]
       tensor_inputs.append(jnp.concatenate([base.safe_mean(hidden, axis=1),
-                                            jnp.stack([base.safe_mean(row[cols]) for row in rows])]))
+                                            base.safe_mean(stacked_input[:f, cols], axis=1)]))
       directions = directions / jnp.sqrt(base.safe_mean(directions ** 2, axis=1, keepdims=True) + _RMS_EPS)
 
       log_lr_prev = state.log_lr[cols]
@@ -465,7 +471,6 @@ class HierarchicalRNN(base.LearnedOptimizer):
         outputs['true_param'].append(state.true_param[cols] + step)
         step = state.true_param[cols] - jnp.exp(log_lr_step) * directions[1] - params_flat[cols]
       outputs['update'].append(step)
-      outputs['param_hidden'].append(hidden)
       outputs['rms_decay'].append(jax.nn.sigmoid(readouts[1] + meta['rms_decay']['bias']))
       outputs['input_decay'].append(jax.nn.sigmoid(readouts[2] + meta['input_decay']['bias']))
       outputs['log_lr'].append(lr_momentum * log_lr_prev + (1.0 - lr_momentum) * log_lr_step)
@@ -486,7 +491,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
 
     new_state = HierarchicalRNNState(
         count=optax.safe_increment(state.count),
-        param_hidden=flat('param_hidden', state.param_hidden),
+        param_hidden=param_hidden,
         input_decay=flat('input_decay', state.input_decay),
         rms_decay=flat('rms_decay', state.rms_decay),
         log_lr=flat('log_lr', state.log_lr),
