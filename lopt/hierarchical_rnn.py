@@ -440,9 +440,9 @@ class HierarchicalRNN(base.LearnedOptimizer):
     readout_kernels, shortcuts = jnp.stack(readout_kernels), jnp.stack(shortcuts)
     lr_momentum = jax.nn.sigmoid(meta['lr_momentum_logit'])
 
-    # Everything after the matmul is per tensor (static column ranges): the injected bias is a broadcast column, the
-    # direction's RMS and the tensor GRU's input are means over the tensor, and the update is produced in the
-    # tensor's own shape without a flat intermediate.
+    # After the matmul the elementwise work is per tensor (static column ranges): the injected bias is a broadcast
+    # column, the direction's RMS and the tensor GRU's input are means over the tensor, and the update is produced
+    # in the tensor's own shape without a flat intermediate. Only the readouts are one matmul over all columns.
     hidden_pieces = [
         gru.gru_apply_stacked(preactivations[:, start:stop] + b_param[:, None], state.param_hidden[:, start:stop],
                               beta[:, None])
