@@ -29,6 +29,8 @@ state at initialisation; the candidate biases ``b_in``, ``b_hn`` are 0.
 Layouts. :func:`gru_apply` works batch-major (``x: [..., I]``, ``h: [..., H]``, as flax) or **feature-major**
 (``x: [I, N]``, ``h: [H, N]``). The per-parameter GRU of the optimizer runs feature-major: over ~50k parameters with
 H = 10 the long axis is then the contiguous one, which measured 2.4 ms versus 5.6 ms in flax's layout on 2 CPU cores.
+It uses :func:`stacked_kernel` and :func:`gru_apply_stacked`: one matmul on the stacked ``[x; h]`` (``[4H, I + H]``
+kernel), then the elementwise part; same equations, only the summation order inside the matmul differs.
 """
 
 from __future__ import annotations
@@ -132,6 +134,52 @@ def gru_apply_segments(params: GRUParams, h: jax.Array, x: jax.Array, bias: jax.
   if not outputs:
     return h
   return jnp.concatenate(outputs, axis=1)
+
+
+def stacked_kernel(params: GRUParams) -> tuple[jax.Array, jax.Array]:
+  """The cell's six kernels as one feature-major matrix on the stacked input ``[x; h]``, and its four biases.
+
+  Returns ``w`` of shape ``[4H, I + H]`` and ``b`` of shape ``[4H]`` such that ``w @ [x; h] + b[:, None]`` stacks,
+  along the feature axis,
+
+    ``[W_ir x + W_hr h + b_ir;  W_iz x + W_hz h + b_iz;  W_in x + b_in;  W_hn h + b_hn]``
+
+  which is what :func:`gru_apply_stacked` reads. One matmul with ``K = I + H`` replaces the input-side and
+  hidden-side matmuls: over many columns the ``[3H, N]`` outputs dominate the cost (a matmul with ``K ~ 10`` is
+  memory-bound), so writing one ``[4H, N]`` array instead of two ``[3H, N]`` ones plus their sum is what matters.
+  The zero blocks (``W_in`` does not see ``h``, ``W_hn`` does not see ``x``) keep ``r`` outside ``W_hn h + b_hn``.
+  """
+  i, hidden = params['ir']['kernel'].shape
+  dtype = params['ir']['kernel'].dtype
+  w = jnp.concatenate([
+      jnp.concatenate([params['ir']['kernel'], params['hr']['kernel']]),
+      jnp.concatenate([params['iz']['kernel'], params['hz']['kernel']]),
+      jnp.concatenate([params['in']['kernel'], jnp.zeros((hidden, hidden), dtype)]),
+      jnp.concatenate([jnp.zeros((i, hidden), dtype), params['hn']['kernel']]),
+  ], axis=1).T  # [4H, I + H]
+  b = jnp.concatenate([params['ir']['bias'], params['iz']['bias'], params['in']['bias'], params['hn']['bias']])
+  return w, b
+
+
+def gru_apply_stacked(preactivations: jax.Array, h: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+  """The feature-major GRU step from ``stacked_kernel(params)`` applied to ``[x; h]``; returns ``h'`` (``[H, N]``).
+
+  Args:
+    preactivations: ``w @ [x; h] + b[:, None]`` with ``(w, b) = stacked_kernel(params)``, ``[4H, N]``.
+    h: the previous state, ``[H, N]``.
+    bias: optional injected bias ``[beta_r; beta_z; beta_n]``, ``[3H, N]`` or ``[3H, 1]``.
+
+  Equals ``gru_apply(params, h, x, bias, feature_major=True)`` up to the summation order inside the matmul.
+  """
+  p_r, p_z, p_xn, p_hn = jnp.split(preactivations, 4, axis=0)
+  if bias is not None:
+    beta_r, beta_z, beta_n = jnp.split(bias, 3, axis=0)
+    p_r, p_z, p_xn = p_r + beta_r, p_z + beta_z, p_xn + beta_n
+  r = jax.nn.sigmoid(p_r)
+  z = jax.nn.sigmoid(p_z)
+  n = jnp.tanh(p_xn + r * p_hn)
+  return (1.0 - z) * n + z * h
+
 
 
 def _gates_to_state(gates_x, gates_h, h, b_hn, axis):

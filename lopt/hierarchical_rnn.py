@@ -41,23 +41,29 @@ point ``theta_true_old - exp(l_step) delta_att``, where the next gradient is eva
 Implementation notes.
 
 * All tensors are flattened and concatenated into one feature-major ``[features, N_total]`` block, so the parameter
-  GRU is two matmuls for the whole model; each tensor is a static column range, so per-tensor means are slice
-  reductions and the per-tensor bias is added by one elementwise pass per tensor (the program grows linearly with
-  the number of tensors, not with their size). The per-parameter state is stored in that flat layout: 21 floats per
-  parameter (``h`` 10, two decays, log learning rate, 4 momenta, 4 mean squares; +1 for the true parameter with
-  attention), plus 20 floats per tensor and 20 global.
+  GRU is one matmul for the whole model, on the stacked ``[features; h]`` (``lopt.gru.stacked_kernel``). Everything
+  after that matmul runs per tensor on static column ranges: the injected per-tensor bias is a broadcast column, the
+  direction RMS and the tensor GRU's inputs are per-tensor reductions, and each update is produced in its tensor's own
+  shape (the program grows linearly with the number of tensors, not with their size). The per-parameter state is
+  stored in the flat layout: 21 floats per parameter (``h`` 10, two decays, log learning rate, 4 momenta, 4 mean
+  squares; +1 for the true parameter with attention), plus 20 floats per tensor and 20 global.
 * The GRU cell is ``flax.linen.GRUCell``'s (see :mod:`lopt.gru` for how it differs from the TF ``BiasGRUCell``).
 * Per-parameter learning-rate initialisation (SPEC 1.2) is random but ``optax``'s ``init(params)`` takes no key: it
   is drawn from ``fold_in(PRNGKey(lr_init_seed), leaf_index)``, so it is deterministic given the config and the order
   of the (non-None) leaves. ``l = U(log(lo)/2, log(hi)/2)`` per element plus one draw from the same range per tensor,
   then clipped to ``[-max_log_lr, max_log_lr]``: a triangular distribution on ``[log lo, log hi]``.
 * ``value`` (the loss) and any other keyword are accepted and ignored: this architecture does not read the loss.
-* Speed (784-64-10 MLP, 50,890 parameters, batch 128, single-threaded CPU time on a shared 2-core machine): the
-  jitted training step costs ~15-18x ``optax.adam``'s (update alone ~50x). The project's 6x target is not met: the
-  parameter GRU alone evaluates 30 sigmoid/tanh per parameter per step, ~2.5 ms here, i.e. ~5x Adam's whole step.
-  Measured choices that matter on CPU: feature-major layout; per-tensor elementwise GRU with a broadcast bias
-  (``lopt.gru.gru_apply_segments``) instead of a gathered ``[30, N]`` bias (~4x slower); per-tensor slice
-  reductions instead of ``jax.ops.segment_sum`` (~3x slower).
+* Speed (784-64-10 MLP, 50,890 parameters, batch 128, one CPU core of a shared 2-core machine,
+  ``benchmarks/lopt_step_time.py``): the jitted training step costs ~13-14x ``optax.adam``'s in process CPU time
+  (update alone ~4.6-5.4 ms; the previous two-matmul, flat-back-half version measured ~15-17x interleaved in the same
+  runs); wall-clock medians on the loaded machine are 2-3x noisier. The project's 6x target is not met. Every pass over the parameters is memory-bound here (~15 us per
+  ``[N]`` row read or written), and the parameter GRU alone moves ~60 rows (matmul output ``[40, N]``, read back
+  with ``h``) and evaluates 30 sigmoid/tanh per parameter, ~1.8 ms, i.e. ~5x Adam's whole step. Measured choices
+  that matter on CPU: feature-major layout; one matmul on ``[features; h]`` behind an ``optimization_barrier``
+  (without it XLA rewrites ``W @ concat(a, b)`` into one matmul per operand, each writing ``[40, N]``); per-tensor
+  elementwise work with broadcast biases instead of a gathered ``[30, N]`` bias (~4x slower); per-scale rows in the
+  feature computation (no reductions over the short scale axis); reductions on contiguous rows rather than strided
+  ``[k, n]`` slices (which XLA copies first); a one-logarithm ``asinh``.
 
 **At its initial (not meta-trained) weights** the optimizer descends, but slowly: the learned parts are random but
 the gradient shortcut (``w_gs`` ~ 0.25 each) makes ``delta`` a positive mix of RMS-normalised momenta, and the step
@@ -164,6 +170,18 @@ def _affine_init(key, fan_in: int, fan_out: int, scale: float) -> dict[str, jax.
 
 def _affine(params, x):
   return x @ params['kernel'] + params['bias']
+
+
+def _asinh(x):
+  """``arcsinh(x)`` to float32 rounding, with one logarithm (``jnp.arcsinh`` evaluates two branches, ~1.3x slower).
+
+  ``asinh|x| = log1p(|x| + x^2 / (1 + sqrt(1 + x^2)))``, accurate near 0; above 1e18, where ``x^2`` would overflow,
+  ``asinh|x| = log(2|x|)`` to float32 rounding.
+  """
+  ax = jnp.abs(x)
+  big = ax > 1e18
+  u = jnp.where(big, ax, ax + ax * ax / (1.0 + jnp.sqrt(1.0 + ax * ax)))
+  return jnp.copysign(jnp.log1p(u) + jnp.where(big, math.log(2.0), 0.0), x)
 
 
 def _straight_through_clip(x, limit):
@@ -327,8 +345,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
       layout = self._check_state(state, params)
       grads_flat = layout.flatten(base.leaves_f32(grads))
       params_flat = layout.flatten(base.leaves_f32(params))
-      update_flat, new_state = self._step(meta_params, layout, grads_flat, params_flat, state)
-      return base.updates_like(params, layout.split(update_flat)), new_state
+      update_leaves, new_state = self._step(meta_params, layout, grads_flat, params_flat, state)
+      return base.updates_like(params, update_leaves), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -348,28 +366,39 @@ class HierarchicalRNN(base.LearnedOptimizer):
 
   def _input_features(self, state: HierarchicalRNNState, grads_flat: jax.Array) -> dict[str, jax.Array]:
     """Steps 1-3 of the module docstring: new momenta and mean squares, and the parameter GRU's input features."""
-    decays = [state.input_decay]
-    for _ in range(self.num_scales - 1):  # each accumulator on twice the previous one's timescale
-      decays.append(jnp.sqrt(decays[-1]))
-    decays = jnp.stack(decays)
-    momenta = (1.0 - decays) * grads_flat + decays * state.momenta
-    # The first mean square is a^2 itself (the released code tests "ms is all zeros"; ms > 0 after any step).
+    # Row by row over the S timescales (rather than on stacked [S, N] arrays), so that XLA sees S independent
+    # elementwise chains and no reductions over the short axis.
     rms_decay = jnp.where(state.count == 0, 0.0, state.rms_decay)
-    mean_squares = (1.0 - rms_decay) * (momenta ** 2 + _MS_EPS) + rms_decay * state.mean_squares
-    scaled = jnp.arcsinh(momenta / jnp.sqrt(mean_squares + _RMS_EPS))
-    out = {'momenta': momenta, 'mean_squares': mean_squares, 'scaled': scaled}
-    features = [scaled]
+    decay = state.input_decay
+    momenta, mean_squares, scaled, log_ms = [], [], [], []
+    for i in range(self.num_scales):
+      if i:
+        decay = jnp.sqrt(decay)  # each accumulator on twice the previous one's timescale
+      momentum = (1.0 - decay) * grads_flat + decay * state.momenta[i]
+      # The first mean square is a^2 itself (the released code tests "ms is all zeros"; ms > 0 after any step).
+      mean_square = (1.0 - rms_decay) * (momentum ** 2 + _MS_EPS) + rms_decay * state.mean_squares[i]
+      momenta.append(momentum)
+      mean_squares.append(mean_square)
+      scaled.append(_asinh(momentum / jnp.sqrt(mean_square + _RMS_EPS)))
+      if self.use_relative_log_ms:
+        log_ms.append(jnp.log(mean_square + _RMS_EPS))
+    out = {'momenta': jnp.stack(momenta), 'mean_squares': jnp.stack(mean_squares), 'scaled': jnp.stack(scaled)}
+    features = list(scaled)
     if self.use_grad_products:
-      out['products'] = scaled[:-1] * scaled[1:]
-      features.append(out['products'])
+      products = [a * b for a, b in zip(scaled[:-1], scaled[1:])]
+      out['products'] = jnp.stack(products) if products else jnp.zeros((0,) + grads_flat.shape, jnp.float32)
+      features += products
     if self.use_relative_log_ms:
-      log_ms = jnp.log(mean_squares + _RMS_EPS)
-      out['relative_log_ms'] = log_ms - jnp.mean(log_ms, axis=0, keepdims=True)
-      features.append(out['relative_log_ms'])
+      mean_log_ms = sum(log_ms[1:], log_ms[0]) / self.num_scales
+      relative = [v - mean_log_ms for v in log_ms]
+      out['relative_log_ms'] = jnp.stack(relative)
+      features += relative
     if self.use_relative_lr:
-      out['relative_lr'] = (state.log_lr - base.safe_mean(state.log_lr))[None]
-      features.append(out['relative_lr'])
-    out['features'] = jnp.concatenate(features, axis=0)
+      relative_lr = state.log_lr - base.safe_mean(state.log_lr)
+      out['relative_lr'] = relative_lr[None]
+      features.append(relative_lr)
+    out['features'] = jnp.stack(features)
+    out['feature_rows'] = features  # the same, unstacked: per-tensor reductions of a row need no strided copy
     return out
 
   def input_features(self, grads: base.Params, state: HierarchicalRNNState,
@@ -382,35 +411,74 @@ class HierarchicalRNN(base.LearnedOptimizer):
     """
     base.check_inputs(grads, params, type(self).__name__)
     layout = self._check_state(state, params)
-    return self._input_features(state, layout.flatten(base.leaves_f32(grads)))
+    out = self._input_features(state, layout.flatten(base.leaves_f32(grads)))
+    del out['feature_rows']
+    return out
 
   def _step(self, meta, layout: _Layout, grads_flat, params_flat, state: HierarchicalRNNState):
     inputs = self._input_features(state, grads_flat)
-    features, scaled = inputs['features'], inputs['scaled']
+    features, rows = inputs['features'], inputs['feature_rows']
     tensor_prev, global_prev = state.tensor_hidden, state.global_hidden
+    h0, f = self.cell_sizes[0], self.num_features
 
-    # Parameter GRU, with the previous tensor and global states injected into its gates.
+    # Parameter GRU, with the previous tensor and global states injected into its gates: one matmul on the stacked
+    # [features; h] for all parameters. The barrier keeps XLA from splitting the matmul of a concatenation into one
+    # matmul per operand (each writing a [4 H0, N] array, the dominant cost); it is an identity for values,
+    # gradients and batching.
     bias_per_tensor = (_affine(meta['param_bias_from_tensor'], tensor_prev)
                        + _affine(meta['param_bias_from_global'], global_prev))  # [T, 3 H0]
-    param_hidden = gru.gru_apply_segments(meta['param_rnn'], state.param_hidden, features, bias_per_tensor.T,
-                                          layout.sizes)
+    w_param, b_param = gru.stacked_kernel(meta['param_rnn'])
+    stacked_input = jax.lax.optimization_barrier(jnp.concatenate([features, state.param_hidden]))  # [F + H0, N]
+    preactivations = w_param @ stacked_input  # [4 H0, N]
 
-    # Readouts. The directions need a per-tensor RMS, computed in the same segment reduction as the tensor GRU input.
     readout_kernels = [meta['direction'], meta['rms_decay']['kernel'], meta['input_decay']['kernel'],
                        meta['log_lr']['kernel']]
     shortcuts = [meta['gradient_shortcut']]
     if self.use_attention:
       readout_kernels.append(meta['attention_direction'])
       shortcuts.append(meta['attention_shortcut'])
-    readouts = jnp.stack(readout_kernels) @ param_hidden  # [4 or 5, N]
-    directions = jnp.concatenate([readouts[:1], readouts[4:]]) + jnp.stack(shortcuts) @ scaled  # [1 or 2, N]
+    readout_kernels, shortcuts = jnp.stack(readout_kernels), jnp.stack(shortcuts)
+    lr_momentum = jax.nn.sigmoid(meta['lr_momentum_logit'])
 
-    tensor_means = layout.segment_mean(jnp.concatenate([param_hidden, features, directions ** 2]))
-    h0 = self.cell_sizes[0]
-    tensor_input = tensor_means[:h0 + self.num_features].T  # [T, H0 + F]
-    direction_ms = tensor_means[h0 + self.num_features:]  # [1 or 2, T]
-    directions = directions / jnp.sqrt(layout.broadcast(direction_ms) + _RMS_EPS)
+    # After the matmul the elementwise work is per tensor (static column ranges): the injected bias is a broadcast
+    # column, the direction's RMS and the tensor GRU's input are means over the tensor, and the update is produced
+    # in the tensor's own shape without a flat intermediate. Only the readouts are one matmul over all columns.
+    hidden_pieces = [
+        gru.gru_apply_stacked(preactivations[:, start:stop] + b_param[:, None], state.param_hidden[:, start:stop],
+                              beta[:, None])
+        for (start, stop), beta in zip(layout._ranges(), bias_per_tensor)]
+    param_hidden = jnp.concatenate(hidden_pieces, axis=1) if hidden_pieces else state.param_hidden
+    all_readouts = readout_kernels @ param_hidden  # [4 or 5, N], one matmul for all tensors
 
+    outputs = {k: [] for k in ('rms_decay', 'input_decay', 'log_lr', 'true_param', 'update')}
+    tensor_inputs = []
+    for (start, stop), hidden in zip(layout._ranges(), hidden_pieces):
+      cols = slice(start, stop)
+      readouts = all_readouts[:, cols]
+      # The shortcut as S multiply-adds (rows[:S] are the scaled momenta): fused, where a matmul would first copy the
+      # strided [S, n] slice.
+      directions = jnp.concatenate([readouts[:1], readouts[4:]])  # [1 or 2, n]
+      for i in range(self.num_scales):
+        directions = directions + shortcuts[:, i:i + 1] * rows[i][cols]
+      tensor_inputs.append(jnp.concatenate([base.safe_mean(hidden, axis=1),
+                                            base.safe_mean(stacked_input[:f, cols], axis=1)]))
+      directions = directions / jnp.sqrt(base.safe_mean(directions ** 2, axis=1, keepdims=True) + _RMS_EPS)
+
+      log_lr_prev = state.log_lr[cols]
+      log_lr_step = _straight_through_clip(log_lr_prev + readouts[3] + meta['log_lr']['bias'], self.max_log_lr)
+      step = -jnp.exp(log_lr_step + meta['step_size_offset']) * directions[0]
+      if self.use_attention:
+        outputs['true_param'].append(state.true_param[cols] + step)
+        step = state.true_param[cols] - jnp.exp(log_lr_step) * directions[1] - params_flat[cols]
+      outputs['update'].append(step)
+      outputs['rms_decay'].append(jax.nn.sigmoid(readouts[1] + meta['rms_decay']['bias']))
+      outputs['input_decay'].append(jax.nn.sigmoid(readouts[2] + meta['input_decay']['bias']))
+      outputs['log_lr'].append(lr_momentum * log_lr_prev + (1.0 - lr_momentum) * log_lr_step)
+
+    def flat(name, like):
+      return jnp.concatenate(outputs[name], axis=-1) if outputs[name] else like
+
+    tensor_input = jnp.stack(tensor_inputs) if tensor_inputs else jnp.zeros((0, h0 + f), jnp.float32)
     tensor_hidden = gru.gru_apply(meta['tensor_rnn'], tensor_prev, tensor_input,
                                   _affine(meta['tensor_bias_from_global'], global_prev))
     if self.global_input == 'mean':
@@ -421,30 +489,16 @@ class HierarchicalRNN(base.LearnedOptimizer):
       global_input = jnp.zeros_like(global_prev)
     global_hidden = gru.gru_apply(meta['global_rnn'], global_prev, global_input)
 
-    rms_decay = jax.nn.sigmoid(readouts[1] + meta['rms_decay']['bias'])
-    input_decay = jax.nn.sigmoid(readouts[2] + meta['input_decay']['bias'])
-    log_lr_step = _straight_through_clip(state.log_lr + readouts[3] + meta['log_lr']['bias'], self.max_log_lr)
-    lr_momentum = jax.nn.sigmoid(meta['lr_momentum_logit'])
-    log_lr = lr_momentum * state.log_lr + (1.0 - lr_momentum) * log_lr_step
-    step = -jnp.exp(log_lr_step + meta['step_size_offset']) * directions[0]
-
-    if self.use_attention:
-      true_param = state.true_param + step
-      update = state.true_param - jnp.exp(log_lr_step) * directions[1] - params_flat
-    else:
-      true_param = state.true_param
-      update = step
-
     new_state = HierarchicalRNNState(
         count=optax.safe_increment(state.count),
         param_hidden=param_hidden,
-        input_decay=input_decay,
-        rms_decay=rms_decay,
-        log_lr=log_lr,
+        input_decay=flat('input_decay', state.input_decay),
+        rms_decay=flat('rms_decay', state.rms_decay),
+        log_lr=flat('log_lr', state.log_lr),
         momenta=inputs['momenta'],
         mean_squares=inputs['mean_squares'],
-        true_param=true_param,
+        true_param=flat('true_param', state.true_param) if self.use_attention else state.true_param,
         tensor_hidden=tensor_hidden,
         global_hidden=global_hidden,
     )
-    return update, new_state
+    return outputs['update'], new_state
