@@ -18,12 +18,12 @@ from lopt.hierarchical_rnn import HierarchicalRNN
 from lopt.learnable_adam import LearnableAdam
 from lopt.learnable_sgdm import LearnableSGDM
 from lopt.mlp_lopt import MLPLOpt
-from lopt.pretrained import hierarchical_rnn, load_pretrained
+from lopt.pretrained import hierarchical_rnn, load_pretrained, mlp_lopt
 from lopt.rnn_mlp_lopt import RNNMLPLOpt
 from lopt.serialization import LoptFileError, load, save
 
 __all__ = [
     'BUILTIN_ARCHITECTURES', 'CoordinatewiseLSTM', 'HierarchicalRNN', 'LearnableAdam', 'LearnableSGDM',
     'LearnedOptimizer', 'LoptFileError', 'MLPLOpt', 'RNNMLPLOpt', 'check_inputs', 'get_architecture',
-    'hierarchical_rnn', 'load', 'load_pretrained', 'save',
+    'hierarchical_rnn', 'load', 'load_pretrained', 'mlp_lopt', 'save',
 ]

@@ -15,6 +15,7 @@ import optax
 
 from lopt import base, serialization
 from lopt.hierarchical_rnn import HierarchicalRNN
+from lopt.mlp_lopt import MLPLOpt
 
 WEIGHTS_DIR = pathlib.Path(__file__).parent / 'weights'
 
@@ -72,6 +73,18 @@ def hierarchical_rnn(meta_params: base.MetaParams | None = None, **config) -> op
     params = optax.apply_updates(params, updates)
   """
   architecture = HierarchicalRNN(**config)
+  if meta_params is None:
+    architecture, meta_params = _default_meta_params(architecture, config_given=bool(config))
+  return architecture.transform(meta_params)
+
+
+def mlp_lopt(meta_params: base.MetaParams | None = None, **config) -> optax.GradientTransformationExtraArgs:
+  """The per-parameter MLP optimizer of Metz et al. (2019), ready to use like ``optax.adam``.
+
+  Same rules as :func:`hierarchical_rnn`: with no ``meta_params`` it uses the weights shipped in the package
+  (meta-trained on a validation objective, ``docs/model_card_mlp_lopt.md``) when they fit ``config``.
+  """
+  architecture = MLPLOpt(**config)
   if meta_params is None:
     architecture, meta_params = _default_meta_params(architecture, config_given=bool(config))
   return architecture.transform(meta_params)
