@@ -58,6 +58,10 @@ def _noisy_quadratic(dim: int, stdev: float) -> tasks.Task:
   return tasks.GradientNoise(_instance(tasks.QuadraticFamily(dim)), stdev)
 
 
+def _unknown_task(name: str) -> ValueError:
+  return ValueError(f'unknown held-out task {name!r}; the suite has: {", ".join(ALL_TASKS)}.')
+
+
 def _build(name: str, data_dir: str | None) -> tuple[tasks.Task, bool]:
   """The task called ``name`` and whether it has a test split of its own."""
   if name == 'fashion_mnist_mlp':
@@ -74,7 +78,7 @@ def _build(name: str, data_dir: str | None) -> tuple[tasks.Task, bool]:
     return _noisy_quadratic(500, 1.0), False
   if name in WICHROWSKA_HELDOUT:
     return _instance(tasks.wichrowska2017()[name]), False
-  raise ValueError(f'unknown held-out task {name!r}; the suite has: {", ".join(ALL_TASKS)}.')
+  raise _unknown_task(name)
 
 
 def heldout_suite(names: Sequence[str] | None = None, num_steps: int = DEFAULT_NUM_STEPS,
@@ -95,7 +99,7 @@ def heldout_suite(names: Sequence[str] | None = None, num_steps: int = DEFAULT_N
   names = ALL_TASKS if names is None else tuple(names)
   for name in names:
     if name not in ALL_TASKS:
-      raise ValueError(f'unknown held-out task {name!r}; the suite has: {", ".join(ALL_TASKS)}.')
+      raise _unknown_task(name)
   entries = []
   for name in names:
     task, has_test_split = _build(name, data_dir)

@@ -18,8 +18,9 @@ def test_suite_is_disjoint_from_the_shipped_training_set():
   training = set(tasks.problem_sets.HRNN_TRAINING_PROBLEMS)
   assert not training & set(heldout.WICHROWSKA_HELDOUT)
   # The held-out quadratics lie outside the training dimensions (20..100).
-  trained_dims = {tasks.wichrowska2017()[n].task(tasks.wichrowska2017()[n].sample(jax.random.key(0))).init(
-      jax.random.key(0)).shape[0] for n in training if n.startswith('quadratic_')}
+  problems = tasks.wichrowska2017()
+  trained_dims = {problems[n].task(problems[n].sample(jax.random.key(0))).init(jax.random.key(0)).shape[0]
+                  for n in training if n.startswith('quadratic_')}
   assert min(trained_dims) == 20 and max(trained_dims) == 100
   for entry in heldout.heldout_suite(['noisy_quadratic_5', 'noisy_quadratic_500', 'quadratic_2048']):
     dim = entry.task.init(jax.random.key(0)).shape[0]
