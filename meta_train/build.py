@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from meta_train import config as config_lib
@@ -242,9 +243,15 @@ def build_init_meta_params(architecture, cfg: config_lib.LearnedOptimizerConfig)
     loaded_arch, meta_params = serialization.load(cfg.init_from, {architecture.name: type(architecture)})
   except (serialization.LoptFileError, OSError) as e:
     raise ConfigError(f'config field learned_optimizer.init_from: {e}') from e
-  if loaded_arch != architecture:
-    raise ConfigError(f'config field learned_optimizer.init_from: {cfg.init_from!r} holds {loaded_arch!r}, but the '
-                      f'config builds {architecture!r}; make learned_optimizer.hparams match the file.')
+  # The file supplies meta-parameters only; the config's hparams govern everything else (e.g. a fine-tuning run
+  # may start the per-parameter learning rates elsewhere). What must agree is every meta-parameter's shape.
+  expected = jax.eval_shape(architecture.init, jax.random.key(0))
+  shape_of = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype).name), tree)
+  if (jax.tree.structure(expected) != jax.tree.structure(meta_params)
+      or shape_of(expected) != shape_of(meta_params)):
+    raise ConfigError(f'config field learned_optimizer.init_from: the meta-parameters of {cfg.init_from!r} '
+                      f'({loaded_arch!r}) do not fit the config\'s {architecture!r}: their shapes differ; make '
+                      'learned_optimizer.hparams match the file.')
   return lambda key: meta_params
 
 

@@ -7,12 +7,15 @@ from tasks.families import NoisyBowlFamily, NoisyQuadraticFamily, RescaledFamily
 from tasks.generated_classification import MLPClassifierFamily, SoftmaxRegressionFamily
 from tasks.matmul_algorithm import MatMulAlgorithm, MatMulAlgorithmFamily
 from tasks.norm import Norm, NormFamily
-from tasks.problem_sets import ProblemSet, hrnn_training_set, mlp_lopt_training_set, wichrowska2017
+from tasks.problem_sets import (ProblemSet, hrnn_training_set, hrnn_training_set_v2, mlp_lopt_training_set,
+                                 wichrowska2017)
 from tasks.quadratic import Bowl, BowlFamily, Quadratic, QuadraticFamily
 from tasks.test_functions import RosenbrockND, TestFunction, TestFunctionFamily
 # Real data: IDX files, Fashion-MNIST / MNIST / digits, Flax classifiers and their families.
 from tasks import datasets, idx, image_classification, image_families
-from tasks.datasets import DatasetNotFoundError, load_dataset, load_digits, load_fashion_mnist, load_mnist
+from tasks import synthetic_images
+from tasks.datasets import (DatasetNotFoundError, load_dataset, load_digits, load_fashion_mnist, load_mnist,
+                            load_synthetic_images)
 from tasks.idx import IdxFormatError, read_idx, write_idx
 from tasks.image_classification import ImageClassificationTask, conv_task, mlp_task
 from tasks.image_families import ConvNetFamily, FixedImageClassifierFamily, ImageTaskConfig, MLPFamily
@@ -25,9 +28,10 @@ __all__ += ['Bowl', 'BowlFamily', 'GradientNoise', 'GradientNoiseFamily', 'LogOb
             'NoisyQuadraticFamily', 'Norm', 'NormFamily', 'ProblemSet', 'Quadratic', 'QuadraticFamily', 'Rescale',
             'RescaleFamily', 'RescaledFamily', 'RosenbrockND', 'SoftmaxRegressionFamily', 'SparseFamily',
             'SparseGradients', 'SparseGradientsFamily', 'Sum', 'SumFamily', 'TestFunction', 'TestFunctionFamily',
-            'TestFunctionsFamily', 'families', 'hrnn_training_set', 'mlp_lopt_training_set', 'problem_sets', 'sampling',
+            'TestFunctionsFamily', 'families', 'hrnn_training_set', 'hrnn_training_set_v2', 'mlp_lopt_training_set',
+            'problem_sets', 'sampling',
             'wichrowska2017', 'wrappers']
 __all__ += ['ConvNetFamily', 'DatasetNotFoundError', 'FixedImageClassifierFamily', 'IdxFormatError',
             'ImageClassificationTask', 'ImageTaskConfig', 'MLPFamily', 'conv_task', 'datasets', 'idx',
             'image_classification', 'image_families', 'load_dataset', 'load_digits', 'load_fashion_mnist',
-            'load_mnist', 'mlp_task', 'read_idx', 'write_idx']
+            'load_mnist', 'load_synthetic_images', 'mlp_task', 'read_idx', 'synthetic_images', 'write_idx']

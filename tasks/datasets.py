@@ -1,6 +1,7 @@
 """Image classification datasets read from local files, split four ways, held in device memory once per process.
 
-Three datasets, none of which is ever downloaded:
+Three datasets read from files, none of which is ever downloaded, and one generated (``synthetic_images``,
+:mod:`tasks.synthetic_images`):
 
 * **Fashion-MNIST** (Xiao et al. 2017; 28x28 grey, 10 classes) from the IDX files of the Debian package
   ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), from ``$LOPT_FASHION_MNIST_DIR``, or from the
@@ -84,13 +85,13 @@ class ImageDataset:
   """A classification dataset split four ways (see :data:`tasks.base.SPLITS`), held in device arrays.
 
   Attributes:
-    name: ``'fashion_mnist'``, ``'mnist'`` or ``'digits'``.
+    name: ``'fashion_mnist'``, ``'mnist'``, ``'digits'`` or ``'synthetic_images'``.
     splits: split name -> :class:`SplitData` (uint8 images, int32 labels).
     source_indices: split name -> index of each example in the source pool (the training file's examples first,
       then the test file's), a numpy int array; tells exactly where every example came from.
-    num_classes: number of labels (10 for all three).
+    num_classes: number of labels (10 for all four).
     pixel_scale: multiply the uint8 images by this to get values in [0, 1].
-    source: where the data was read from (a directory, or ``'sklearn.datasets.load_digits'``).
+    source: where the data came from (a directory, ``'sklearn.datasets.load_digits'`` or the generator call).
   """
   name: str
   splits: Mapping[str, SplitData]
@@ -130,7 +131,7 @@ def _split_source(num_source_train: int, sizes: Mapping[str, int],
   return indices
 
 
-def _to_device(name: str, images: np.ndarray, labels: np.ndarray, indices: Mapping[str, np.ndarray],
+def to_device(name: str, images: np.ndarray, labels: np.ndarray, indices: Mapping[str, np.ndarray],
                num_classes: int, pixel_scale: float, source: str) -> ImageDataset:
   # A loader may first run while a task is being built inside `jit` (a family's `task(cfg)`); without
   # `ensure_compile_time_eval` the device_put would be staged into that trace and the cache would keep a tracer.
@@ -205,7 +206,7 @@ def _load_mnist_like(name: str, directory: str) -> ImageDataset:
   indices = _split_source(len(train_labels), MNIST_SPLIT_SIZES, len(test_labels))
   images = np.concatenate([train_images, test_images])
   labels = np.concatenate([train_labels, test_labels])
-  return _to_device(name, images, labels, indices, num_classes=10, pixel_scale=1 / 255, source=directory)
+  return to_device(name, images, labels, indices, num_classes=10, pixel_scale=1 / 255, source=directory)
 
 
 _FASHION_MNIST_HINT = ('Install the Debian package (`apt-get install dataset-fashion-mnist`), or pass data_dir= or '
@@ -256,20 +257,31 @@ def load_digits() -> ImageDataset:
   order = np.random.RandomState(DIGITS_SHUFFLE_SEED).permutation(len(images))
   indices = {split: order[ix] for split, ix in
              _split_source(len(images), DIGITS_SPLIT_SIZES, num_source_test=None).items()}
-  return _to_device('digits', images, digits.target, indices, num_classes=10, pixel_scale=1 / 16,
+  return to_device('digits', images, digits.target, indices, num_classes=10, pixel_scale=1 / 16,
                     source='sklearn.datasets.load_digits')
 
 
+def load_synthetic_images() -> ImageDataset:
+  """The procedurally generated 16x16 dataset of :mod:`tasks.synthetic_images` (seed 0); nothing to install."""
+  from tasks import synthetic_images  # pylint: disable=import-outside-toplevel  (it imports this module)
+  return synthetic_images.load_synthetic_images()
+
+
 #: Loader of each dataset by name; ``load_dataset`` dispatches through it.
-LOADERS = {'fashion_mnist': load_fashion_mnist, 'mnist': load_mnist, 'digits': load_digits}
+LOADERS = {'fashion_mnist': load_fashion_mnist, 'mnist': load_mnist, 'digits': load_digits,
+           'synthetic_images': load_synthetic_images}
+
+#: Datasets that need no files (and so take no ``data_dir``).
+NO_FILES = ('digits', 'synthetic_images')
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageDataset:
-  """Loads a dataset by name (``'fashion_mnist'``, ``'mnist'`` or ``'digits'``); ``data_dir`` for the IDX ones."""
+  """Loads a dataset by name (``'fashion_mnist'``, ``'mnist'``, ``'digits'`` or ``'synthetic_images'``);
+  ``data_dir`` for the IDX ones."""
   if name not in LOADERS:
     raise ValueError(f'unknown dataset {name!r}; use one of {sorted(LOADERS)}.')
-  if name == 'digits':
+  if name in NO_FILES:
     if data_dir is not None:
-      raise ValueError('digits ships with scikit-learn and takes no data_dir.')
-    return load_digits()
+      raise ValueError(f'{name} needs no files and takes no data_dir (got {data_dir!r}).')
+    return LOADERS[name]()
   return LOADERS[name](data_dir)

@@ -244,6 +244,39 @@ def hrnn_training_set() -> ProblemSet:
   return ProblemSet('hrnn_training_set', [(name, everything[name]) for name in HRNN_TRAINING_PROBLEMS])
 
 
+#: ReLU networks that :func:`hrnn_training_set_v2` adds to :data:`HRNN_TRAINING_PROBLEMS`: minibatched
+#: cross-entropy on the generated 16x16 images of :mod:`tasks.synthetic_images` (no Fashion-MNIST or digits data)
+#: and on ReLU-teacher labels, with 4k to 17k parameters.
+HRNN_V2_EXTRA_PROBLEMS = (
+    'synthetic_images_mlp_64_relu_bs128', 'synthetic_images_mlp_32x32_relu_bs32',
+    'synthetic_images_conv_8x16x16_relu_bs64', 'mlp_relu_64x64_nf32_bs64',
+)
+
+
+def hrnn_training_set_v2() -> ProblemSet:
+  """:func:`hrnn_training_set` plus four ReLU networks (:data:`HRNN_V2_EXTRA_PROBLEMS`), the training set of
+  ``configs/hrnn_shipped_v2.toml``.
+
+  The first shipped HRNN, trained on small smooth problems only, took early steps that kill ReLU units and let its
+  learning rate collapse on minibatch noise (docs/model_card_hrnn.md); these problems put both in front of it. Every
+  held-out task of :mod:`meta_train.heldout` stays out: the image problems use generated data, not Fashion-MNIST or
+  digits.
+  """
+  from tasks import image_classification as ic  # pylint: disable=import-outside-toplevel  (pulls in flax)
+  from tasks import synthetic_images  # pylint: disable=import-outside-toplevel
+  images = synthetic_images.load_synthetic_images()
+  extra = {
+      'synthetic_images_mlp_64_relu_bs128': ic.mlp_task(images, (64,), 'relu', batch_size=128),
+      'synthetic_images_mlp_32x32_relu_bs32': ic.mlp_task(images, (32, 32), 'relu', batch_size=32),
+      'synthetic_images_conv_8x16x16_relu_bs64': ic.conv_task(images, (8, 16, 16), 'relu', batch_size=64),
+  }
+  families = [(name, family) for name, family in hrnn_training_set().items()]
+  families += [(name, base.SingleTaskFamily(task)) for name, task in extra.items()]
+  families.append(('mlp_relu_64x64_nf32_bs64', gc.MLPClassifierFamily(32, (64, 64), 64, activation='relu')))
+  assert tuple(n for n, _ in families[len(HRNN_TRAINING_PROBLEMS):]) == HRNN_V2_EXTRA_PROBLEMS
+  return ProblemSet('hrnn_training_set_v2', families)
+
+
 #: The problems :func:`mlp_lopt_training_set` trains on: classifiers on generated data with 1000 training points,
 #: which overfit, so that a validation meta-objective has something to correct.
 MLP_LOPT_TRAINING_PROBLEMS = (

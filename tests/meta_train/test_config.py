@@ -147,8 +147,9 @@ def test_shipped_config_is_valid_and_every_key_is_commented(path):
 
 
 @pytest.mark.parametrize('path', SHIPPED, ids=os.path.basename)
-def test_shipped_config_builds(path):
+def test_shipped_config_builds(path, monkeypatch):
   """Every name and keyword argument in the shipped configs is accepted by the component it selects."""
+  monkeypatch.chdir(REPO)  # paths in configs (init_from) are relative to the repository root
   components = build.build(config_lib.load(path))
   assert components.evaluate is not None  # every shipped config evaluates against Adam
 
@@ -182,3 +183,26 @@ def test_meta_optimizer_clips_before_the_optax_update():
   updates, _ = tx.update({'w': jnp.asarray([2.0, -0.1, -3.0])}, tx.init(params), params)
   assert updates['w'].tolist() == pytest.approx([-0.5, 0.1, 0.5])
 
+
+
+def test_init_from_takes_meta_params_that_fit_and_names_a_misfit(tmp_path):
+  """``init_from`` supplies meta-parameters only: hparams that leave their shapes alone (the initial learning
+  rates) may differ from the file's; a file whose shapes differ is refused."""
+  import jax
+  import numpy as np
+  import lopt
+  saved_arch = lopt.HierarchicalRNN(lr_init_range=(1e-3, 1e-1))
+  saved = saved_arch.init(jax.random.key(3))
+  path = str(tmp_path / 'hrnn.npz')
+  lopt.save(path, saved_arch, saved)
+  config = config_lib.loads(f'[learned_optimizer]\narchitecture = "hierarchical_rnn"\n'
+                            f'hparams = {{lr_init_range = [1e-4, 1e-2]}}\ninit_from = "{path}"')
+  architecture = build.build_architecture(config.learned_optimizer)
+  init = build.build_init_meta_params(architecture, config.learned_optimizer)
+  for got, want in zip(jax.tree.leaves(init(jax.random.key(0))), jax.tree.leaves(saved)):
+    np.testing.assert_array_equal(got, want)
+  config = config_lib.loads(f'[learned_optimizer]\narchitecture = "hierarchical_rnn"\n'
+                            f'hparams = {{num_scales = 3}}\ninit_from = "{path}"')
+  architecture = build.build_architecture(config.learned_optimizer)
+  with pytest.raises(ConfigError, match='init_from.*do not fit.*shapes differ'):
+    build.build_init_meta_params(architecture, config.learned_optimizer)
