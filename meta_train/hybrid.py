@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from meta_train import truncated_step
 from meta_train.objectives import MetaObjective
-from meta_train.truncated_step import TruncatedEstimator, VectorizedUnroll
+from meta_train.truncated_step import PerturbedEstimator, VectorizedUnroll
 from meta_train.truncation_schedules import TruncationSchedule
 from tasks.base import TaskFamily
 
@@ -49,27 +49,15 @@ def inverse_variance_combine(rp: jax.Array, es: jax.Array, epsilon: float = VARI
   return (mean_rp * inv_rp + mean_es * inv_es) / (inv_rp + inv_es)
 
 
-class HybridEstimator(TruncatedEstimator):
+class HybridEstimator(PerturbedEstimator):
   """Reparameterization + ES with per-element inverse-variance weighting; see the module docstring.
 
   Args:
-    architecture: the :class:`lopt.LearnedOptimizer` being meta-trained.
-    families: a :class:`tasks.TaskFamily` or a sequence of them (grouped by ``structure_key``).
-    num_tasks: instances per structure group (``B >= 2``: the weights need sample variances over instances; the
-      paper used 128).
-    truncation_schedule: episode lengths (default ``ConstantTruncation(100)``).
-    objective: the meta-objective (default :class:`meta_train.objectives.LogNormalizedTrainLoss`; the paper used
-      :class:`meta_train.objectives.ClippedOuterValidLoss`).
-    unroll_length: inner steps per truncation (20).
-    std: the perturbation scale σ (0.01).
     second_derivatives: differentiate through the inner gradient in the reparameterization part (True).
-    use_valid_loss: pass an inner-valid loss as ``valid_value=`` to the optimizer (False).
-    stagger: random offsets into the first episode (True).
-    group_weights: weights of the structure groups' gradients (default: proportional to their family counts).
-    group_mode: ``'all'`` or ``'sample'`` (see :class:`meta_train.truncated_step.TruncatedEstimator`).
+    the others: as :class:`meta_train.truncated_step.PerturbedEstimator`; ``num_tasks >= 2`` (the weights need
+      sample variances over instances; the paper used 128), and the paper's objective was
+      :class:`meta_train.objectives.ClippedOuterValidLoss`.
   """
-
-  num_particles = 2
 
   def __init__(self, architecture, families: TaskFamily | Sequence[TaskFamily], num_tasks: int,
                truncation_schedule: TruncationSchedule | None = None, objective: MetaObjective | None = None, *,
@@ -79,10 +67,10 @@ class HybridEstimator(TruncatedEstimator):
     if isinstance(num_tasks, int) and not isinstance(num_tasks, bool) and num_tasks < 2:
       raise ValueError(f'HybridEstimator needs num_tasks >= 2 (it weights by sample variances over instances), '
                        f'got {num_tasks}.')
-    self.std = truncated_step.check_std(std, 'HybridEstimator')
+    self.second_derivatives = second_derivatives  # read by PerturbedEstimator.__init__
     super().__init__(architecture, families, num_tasks, truncation_schedule, objective, unroll_length=unroll_length,
-                     use_valid_loss=use_valid_loss, stagger=stagger, group_weights=group_weights,
-                     group_mode=group_mode, second_derivatives=second_derivatives)
+                     std=std, use_valid_loss=use_valid_loss, stagger=stagger, group_weights=group_weights,
+                     group_mode=group_mode)
 
   def _init_group(self, unroll: VectorizedUnroll, key, meta_params):
     return unroll.init(key, meta_params, num_particles=1)

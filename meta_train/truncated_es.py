@@ -14,47 +14,20 @@ episodes span several truncations; unlike backprop its variance does not grow wi
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import jax
 
 from meta_train import truncated_step
-from meta_train.objectives import MetaObjective
-from meta_train.truncated_step import TruncatedEstimator, VectorizedUnroll
-from meta_train.truncation_schedules import TruncationSchedule
-from tasks.base import TaskFamily
+from meta_train.truncated_step import PerturbedEstimator, VectorizedUnroll
 
 
-class TruncatedES(TruncatedEstimator):
+class TruncatedES(PerturbedEstimator):
   """Antithetic ES over one truncation; see the module docstring.
 
   The state of each structure group is a one-particle :class:`meta_train.truncated_step.UnrollState`; it is
   duplicated into the ``±ε`` twins for the truncation and the ``+ε`` twin is kept.
 
-  Args:
-    architecture: the :class:`lopt.LearnedOptimizer` being meta-trained.
-    families: a :class:`tasks.TaskFamily` or a sequence of them (grouped by ``structure_key``).
-    num_tasks: instances per structure group (the ensemble axis ``B``); each runs an antithetic pair.
-    truncation_schedule: episode lengths (default ``ConstantTruncation(100)``).
-    objective: the meta-objective (default :class:`meta_train.objectives.LogNormalizedTrainLoss`).
-    unroll_length: inner steps per truncation (20).
-    std: the perturbation scale σ (0.01).
-    use_valid_loss: pass an inner-valid loss as ``valid_value=`` to the optimizer (False).
-    stagger: random offsets into the first episode (True).
-    group_weights: weights of the structure groups' gradients (default: proportional to their family counts).
-    group_mode: ``'all'`` or ``'sample'`` (see :class:`meta_train.truncated_step.TruncatedEstimator`).
+  Args: as :class:`meta_train.truncated_step.PerturbedEstimator`.
   """
-
-  num_particles = 2
-
-  def __init__(self, architecture, families: TaskFamily | Sequence[TaskFamily], num_tasks: int,
-               truncation_schedule: TruncationSchedule | None = None, objective: MetaObjective | None = None, *,
-               unroll_length: int = 20, std: float = 0.01, use_valid_loss: bool = False, stagger: bool = True,
-               group_weights: Sequence[float] | None = None, group_mode: str = 'all'):
-    self.std = truncated_step.check_std(std, 'TruncatedES')
-    super().__init__(architecture, families, num_tasks, truncation_schedule, objective, unroll_length=unroll_length,
-                     use_valid_loss=use_valid_loss, stagger=stagger, group_weights=group_weights,
-                     group_mode=group_mode)
 
   def _init_group(self, unroll: VectorizedUnroll, key, meta_params):
     return unroll.init(key, meta_params, num_particles=1)

@@ -24,16 +24,13 @@ with the unperturbed θ (every later reset initialises them with the twin's pert
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from meta_train import truncated_step
-from meta_train.objectives import MetaObjective
-from meta_train.truncated_step import TruncatedEstimator, UnrollState, VectorizedUnroll
-from meta_train.truncation_schedules import TruncationSchedule
-from tasks.base import TaskFamily
+from meta_train.truncated_step import PerturbedEstimator, UnrollState, VectorizedUnroll
 
 
 class PESGroupState(NamedTuple):
@@ -41,33 +38,11 @@ class PESGroupState(NamedTuple):
   accumulator: Any     # like meta_params with a leading [B] axis: ξ_b of the + twin
 
 
-class TruncatedPES(TruncatedEstimator):
+class TruncatedPES(PerturbedEstimator):
   """Persistent evolution strategies; see the module docstring.
 
-  Args:
-    architecture: the :class:`lopt.LearnedOptimizer` being meta-trained.
-    families: a :class:`tasks.TaskFamily` or a sequence of them (grouped by ``structure_key``).
-    num_tasks: instances per structure group (the ensemble axis ``B``); each keeps a ``±`` pair of trajectories.
-    truncation_schedule: episode lengths (default ``ConstantTruncation(100)``).
-    objective: the meta-objective (default :class:`meta_train.objectives.LogNormalizedTrainLoss`).
-    unroll_length: inner steps per truncation (20).
-    std: the perturbation scale σ (0.01).
-    use_valid_loss: pass an inner-valid loss as ``valid_value=`` to the optimizer (False).
-    stagger: random offsets into the first episode (True).
-    group_weights: weights of the structure groups' gradients (default: proportional to their family counts).
-    group_mode: ``'all'`` or ``'sample'`` (see :class:`meta_train.truncated_step.TruncatedEstimator`).
+  Args: as :class:`meta_train.truncated_step.PerturbedEstimator`.
   """
-
-  num_particles = 2
-
-  def __init__(self, architecture, families: TaskFamily | Sequence[TaskFamily], num_tasks: int,
-               truncation_schedule: TruncationSchedule | None = None, objective: MetaObjective | None = None, *,
-               unroll_length: int = 20, std: float = 0.01, use_valid_loss: bool = False, stagger: bool = True,
-               group_weights: Sequence[float] | None = None, group_mode: str = 'all'):
-    self.std = truncated_step.check_std(std, 'TruncatedPES')
-    super().__init__(architecture, families, num_tasks, truncation_schedule, objective, unroll_length=unroll_length,
-                     use_valid_loss=use_valid_loss, stagger=stagger, group_weights=group_weights,
-                     group_mode=group_mode)
 
   def _init_group(self, unroll: VectorizedUnroll, key, meta_params):
     accumulator = jax.tree.map(lambda x: jnp.zeros((unroll.num_tasks,) + jnp.shape(x), jnp.result_type(x)),

@@ -594,6 +594,29 @@ def duplicate_particle(state: Any, num_particles: int) -> Any:
   return jax.tree.map(lambda x: jnp.repeat(x, num_particles, axis=1), state)
 
 
+class PerturbedEstimator(TruncatedEstimator):
+  """Base of the estimators that perturb the meta-parameters with Gaussian noise of scale σ (ES, PES, hybrid).
+
+  Args:
+    architecture, families, num_tasks, truncation_schedule, objective, unroll_length, use_valid_loss, stagger,
+    group_weights, group_mode: as :class:`TruncatedEstimator`.
+    std: the perturbation scale σ (0.01).
+  """
+
+  num_particles = 2  # the antithetic twins θ + ε and θ − ε
+
+  def __init__(self, architecture, families: TaskFamily | Sequence[TaskFamily], num_tasks: int,
+               truncation_schedule: TruncationSchedule | None = None, objective: MetaObjective | None = None, *,
+               unroll_length: int = 20, std: float = 0.01, use_valid_loss: bool = False, stagger: bool = True,
+               group_weights: Sequence[float] | None = None, group_mode: str = 'all'):
+    self.std = check_std(std, type(self).__name__)
+    # Only the hybrid estimator differentiates through the unroll; it sets this before calling here.
+    second_derivatives = getattr(self, 'second_derivatives', True)
+    super().__init__(architecture, families, num_tasks, truncation_schedule, objective, unroll_length=unroll_length,
+                     use_valid_loss=use_valid_loss, stagger=stagger, group_weights=group_weights,
+                     group_mode=group_mode, second_derivatives=second_derivatives)
+
+
 def check_std(std: float, name: str) -> float:
   if not (isinstance(std, (int, float)) and not isinstance(std, bool) and std > 0 and np.isfinite(std)):
     raise ValueError(f'{name}: std (the perturbation scale σ) must be a positive number, got {std!r}.')
