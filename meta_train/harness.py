@@ -21,11 +21,20 @@ learning-rate grid (the lowest final training loss wins; diverged runs count as 
 
 Every run is one jitted ``lax.scan`` vmapped over seeds, and a tuned baseline is vmapped over its learning-rate
 grid too (through ``optax.inject_hyperparams``), so each (task, optimizer family) compiles once.
+
+**Baseline cache.** Baselines are most of the cost (the held-out suite's tuned baselines take ~20 CPU-minutes) and
+do not change while a learned optimizer is being developed. ``evaluate(..., cache_dir=DIR)`` stores each baseline's
+curves in ``DIR`` and reuses them when the same baseline, learning-rate grid, task, budget, seeds, key and jax/optax
+versions come again. A task is recognised by its name, parameter count and its loss at a fixed initialisation and
+batch (a fingerprint), so a changed task under an old name misses the cache instead of reusing wrong numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import json
 import math
 import os
 from typing import Callable, Mapping, Sequence
@@ -321,12 +330,54 @@ class Report:
     return paths
 
 
+def _task_fingerprint(task: Task) -> list:
+  """Parameter count and the loss at a fixed initialisation and training batch: what identifies a task's numbers."""
+  key = jax.random.PRNGKey(0)
+  params = task.init(key)
+  loss = task.loss(params, key, task.batch(key, 'train'))
+  return [int(sum(np.size(x) for x in jax.tree.leaves(params))), float(np.float32(loss))]
+
+
+def _cache_path(cache_dir: str, entry: SuiteEntry, fingerprint: list, spec: OptimizerSpec, num_steps: int,
+                seeds: int, eval_every: int | None, key: jax.Array, kind: str) -> str:
+  identity = {'kind': kind, 'task': entry.name, 'fingerprint': fingerprint, 'with_test': entry.has_test_split,
+              'optimizer': spec.name, 'lr_grid': list(spec.lr_grid or ()), 'num_steps': num_steps, 'seeds': seeds,
+              'eval_every': eval_every, 'key': np.asarray(jax.random.key_data(key) if jnp.issubdtype(
+                  key.dtype, jax.dtypes.prng_key) else key).tolist(),
+              'versions': [jax.__version__, optax.__version__]}
+  digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+  return os.path.join(cache_dir, f'{entry.name}.{spec.name}.{kind}.{digest}.npz')
+
+
+def _cached_run(cache_dir: str | None, path_args: tuple, run: Callable[[], RunResult]) -> RunResult:
+  """``run()``, or its result stored in ``cache_dir`` under the identity ``path_args`` (then stored)."""
+  if cache_dir is None:
+    return run()
+  path = _cache_path(cache_dir, *path_args)
+  if os.path.exists(path):
+    with np.load(path) as f:
+      test = f['test_loss'] if f['has_test'] else None
+      lr = float(f['learning_rate']) if f['has_lr'] else None
+      return RunResult(f['train_loss'], test, f['test_steps'], lr)
+  result = run()
+  os.makedirs(cache_dir, exist_ok=True)
+  temporary = path + '.tmp.npz'  # written whole, then renamed: an interrupted write never leaves a bad entry
+  np.savez(temporary, train_loss=result.train_loss,
+           test_loss=result.test_loss if result.test_loss is not None else np.zeros(0),
+           has_test=result.test_loss is not None, test_steps=result.test_steps,
+           learning_rate=result.learning_rate or 0.0, has_lr=result.learning_rate is not None)
+  os.replace(temporary, path)
+  return result
+
+
 def evaluate(candidates: Mapping[str, OptimizerSpec], suite: Sequence[SuiteEntry],
              baselines: Mapping[str, OptimizerSpec] | None = None, seeds: int = 3,
-             speedup_horizon: float = 1.0, key: jax.Array | None = None, progress: bool = True) -> Report:
+             speedup_horizon: float = 1.0, key: jax.Array | None = None, progress: bool = True,
+             cache_dir: str | None = None) -> Report:
   """Runs every candidate and baseline on every suite task and compares them (see the module docstring).
 
   ``baselines`` must include ``'adam_tuned'`` (the speedup reference); :func:`default_baselines` does.
+  ``cache_dir``: where baseline results are stored and reused (module docstring); None runs everything.
   """
   from tqdm.auto import tqdm
   baselines = dict(default_baselines() if baselines is None else baselines)
@@ -341,10 +392,16 @@ def evaluate(candidates: Mapping[str, OptimizerSpec], suite: Sequence[SuiteEntry
   with tqdm(total=len(suite) * len(specs), desc='evaluate', disable=not progress) as bar:
     for entry in suite:
       results = {}
+      fingerprint = _task_fingerprint(entry.task) if cache_dir is not None else None
       for name, spec in specs.items():
         bar.set_postfix_str(f'{entry.name}: {name}')
-        results[name] = run_optimizer(entry.task, spec, entry.num_steps, seeds,
-                                      with_test=entry.has_test_split, key=key)
+        run = functools.partial(run_optimizer, entry.task, spec, entry.num_steps, seeds,
+                                with_test=entry.has_test_split, key=key)
+        if name in baselines:
+          identity = (entry, fingerprint, spec, entry.num_steps, seeds, None, key, 'run')
+          results[name] = _cached_run(cache_dir, identity, run)
+        else:
+          results[name] = run()
         bar.update()
       # Tuned Adam, re-run at its chosen learning rate for `speedup_horizon` x the budget.
       adam = results['adam_tuned']
@@ -352,9 +409,12 @@ def evaluate(candidates: Mapping[str, OptimizerSpec], suite: Sequence[SuiteEntry
         long_steps = int(entry.num_steps * speedup_horizon)
         long_steps -= long_steps % max(1, entry.num_steps // 20)
         adam_lr = adam.learning_rate
-        reference = run_optimizer(
-            entry.task, OptimizerSpec('adam_long', lambda: optax.adam(adam_lr)), long_steps, seeds,
-            eval_every=max(1, entry.num_steps // 20), with_test=entry.has_test_split, key=key).train_loss
+        long_spec = OptimizerSpec(f'adam_long_lr{adam_lr:g}', lambda: optax.adam(adam_lr))
+        eval_every = max(1, entry.num_steps // 20)
+        run = functools.partial(run_optimizer, entry.task, long_spec, long_steps, seeds, eval_every=eval_every,
+                                with_test=entry.has_test_split, key=key)
+        identity = (entry, fingerprint, long_spec, long_steps, seeds, eval_every, key, 'reference')
+        reference = _cached_run(cache_dir, identity, run).train_loss
       else:
         reference = adam.train_loss
       reference = np.mean(reference, axis=0)

@@ -5,6 +5,10 @@ Examples::
     # The shipped hierarchical RNN (lopt.hierarchical_rnn()) on the whole held-out suite, 500 steps, 3 seeds:
     python -m meta_train.harness_cli --out runs/eval_hrnn
 
+    # Evaluate again later without re-running the baselines (they are stored in the cache directory):
+    python -m meta_train.harness_cli --optimizer mine=runs/mine/final.npz --baseline-cache ~/.cache/lopt_baselines \\
+        --out runs/eval_mine
+
     # Any lopt.save file (e.g. a meta-training run's final.npz) against Adam only, on two tasks:
     python -m meta_train.harness_cli --optimizer mine=runs/quickstart/final.npz \\
         --baselines adam_tuned,adam_1e-3 --tasks digits_mlp,rosenbrock_10d --out runs/eval_mine
@@ -66,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--speedup-horizon', type=float, default=4.0,
                       help='tuned Adam runs this many times the budget to measure speedups above 1')
   parser.add_argument('--out', required=True, help='output directory (created)')
+  parser.add_argument('--baseline-cache', default=None, metavar='DIR',
+                      help='store baseline results in DIR and reuse them on later runs with the same tasks, steps, '
+                           'seeds and library versions (baselines are most of the time)')
   args = parser.parse_args(argv)
   if args.steps < 20 or args.seeds < 1:
     parser.error(f'--steps must be >= 20 and --seeds >= 1, got {args.steps} and {args.seeds}.')
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f'cannot create --out {args.out!r}: {e}')
 
   report = harness.evaluate(candidates, suite, {b: every[b] for b in wanted}, seeds=args.seeds,
-                            speedup_horizon=args.speedup_horizon)
+                            speedup_horizon=args.speedup_horizon, cache_dir=args.baseline_cache)
   table = report.markdown()
   pathlib.Path(args.out, 'report.md').write_text(table + '\n')
   pathlib.Path(args.out, 'report.json').write_text(json.dumps(report.to_json(), indent=1) + '\n')

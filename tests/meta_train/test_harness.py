@@ -104,3 +104,36 @@ def test_default_baselines_run_on_a_quadratic():
     result = harness.run_optimizer(task, spec, num_steps=10, seeds=1, eval_every=5, with_test=False)
     assert result.finite, name
     assert result.train_loss.shape == (1, 10)
+
+
+def test_baseline_cache_reuses_baselines_only_for_the_same_task(tmp_path):
+  calls = {'adam': 0, 'candidate': 0}
+
+  def adam(learning_rate):  # inject_hyperparams needs the keyword in the signature
+    calls['adam'] += 1
+    return optax.adam(learning_rate)
+
+  def sgd():
+    calls['candidate'] += 1
+    return optax.sgd(0.1)
+
+  baselines = {'adam_tuned': harness.OptimizerSpec('adam_tuned', adam, (0.01, 0.1))}
+  candidate = {'sgd': harness.OptimizerSpec('sgd', sgd)}
+
+  def run(curvatures):
+    suite = [harness.SuiteEntry('quad', _Quadratic(curvatures), num_steps=40, has_test_split=False)]
+    return harness.evaluate(candidate, suite, baselines, seeds=2, speedup_horizon=2.0, progress=False,
+                            cache_dir=str(tmp_path / 'cache'))
+
+  first = run([1.0, 3.0])
+  after_first = dict(calls)
+  second = run([1.0, 3.0])
+  # The candidate ran again; tuned Adam (and its long reference run) came from the cache, with identical numbers.
+  assert calls['candidate'] == 2 * after_first['candidate'] and calls['adam'] == after_first['adam']
+  a, b = first.tasks[0], second.tasks[0]
+  np.testing.assert_array_equal(a.results['adam_tuned'].train_loss, b.results['adam_tuned'].train_loss)
+  assert a.results['adam_tuned'].learning_rate == b.results['adam_tuned'].learning_rate
+  assert a.speedup == b.speedup
+  # Another task under the same name has another fingerprint: it misses the cache.
+  run([2.0, 5.0])
+  assert calls['adam'] > after_first['adam']
