@@ -175,11 +175,19 @@ def gru_apply_stacked(preactivations: jax.Array, h: jax.Array, bias: jax.Array |
   if bias is not None:
     beta_r, beta_z, beta_n = jnp.split(bias, 3, axis=0)
     p_r, p_z, p_xn = p_r + beta_r, p_z + beta_z, p_xn + beta_n
-  r = jax.nn.sigmoid(p_r)
-  z = jax.nn.sigmoid(p_z)
+  r = _sigmoid_via_tanh(p_r)
+  z = _sigmoid_via_tanh(p_z)
   n = jnp.tanh(p_xn + r * p_hn)
   return (1.0 - z) * n + z * h
 
+
+def _sigmoid_via_tanh(x: jax.Array) -> jax.Array:
+  """``sigmoid(x) = (1 + tanh(x / 2)) / 2``, an identity (to float32 rounding).
+
+  XLA:CPU lowers ``logistic`` to ``1 / (1 + exp(-x))``, an exp and a division, and ``tanh`` to one rational
+  approximation: the per-parameter GRU's elementwise part (compute-bound there) measured ~15% faster this way.
+  """
+  return 0.5 + 0.5 * jnp.tanh(0.5 * x)
 
 
 def _gates_to_state(gates_x, gates_h, h, b_hn, axis):

@@ -54,16 +54,22 @@ Implementation notes.
   then clipped to ``[-max_log_lr, max_log_lr]``: a triangular distribution on ``[log lo, log hi]``.
 * ``value`` (the loss) and any other keyword are accepted and ignored: this architecture does not read the loss.
 * Speed (784-64-10 MLP, 50,890 parameters, batch 128, one CPU core of a shared 2-core machine,
-  ``benchmarks/lopt_step_time.py``): the jitted training step costs ~13-14x ``optax.adam``'s in process CPU time
-  (update alone ~4.6-5.4 ms; the previous two-matmul, flat-back-half version measured ~15-17x interleaved in the same
-  runs); wall-clock medians on the loaded machine are 2-3x noisier. The project's 6x target is not met. Every pass over the parameters is memory-bound here (~15 us per
-  ``[N]`` row read or written), and the parameter GRU alone moves ~60 rows (matmul output ``[40, N]``, read back
-  with ``h``) and evaluates 30 sigmoid/tanh per parameter, ~1.8 ms, i.e. ~5x Adam's whole step. Measured choices
-  that matter on CPU: feature-major layout; one matmul on ``[features; h]`` behind an ``optimization_barrier``
-  (without it XLA rewrites ``W @ concat(a, b)`` into one matmul per operand, each writing ``[40, N]``); per-tensor
-  elementwise work with broadcast biases instead of a gathered ``[30, N]`` bias (~4x slower); per-scale rows in the
-  feature computation (no reductions over the short scale axis); reductions on contiguous rows rather than strided
-  ``[k, n]`` slices (which XLA copies first); a one-logarithm ``asinh``.
+  ``benchmarks/lopt_step_time.py``): the jitted training step costs ~12.5-13x ``optax.adam``'s in process CPU time
+  (update alone ~4.2-4.4 ms, ~37x Adam's update; the previous version measured ~13.4x / ~40x interleaved in the
+  same runs); wall-clock medians on the loaded machine are much noisier. The project's 6x target is not met, and
+  with float32 math on this CPU it looks out of reach: the parameter GRU alone takes ~2.5-2.8 ms, ~7x Adam's whole
+  step, and is compute-bound, not memory-bound (its matmul, ``[40, 22] @ [22, N]``, ~0.9-1.5 ms, runs at ~60-100
+  GFLOP/s; its elementwise part evaluates 3 transcendentals per unit and parameter, ~1.2 ms; splitting
+  the matmul to skip its zero blocks, tiling it over column blocks to keep ``[40, n]`` in cache, or writing it as
+  fused multiply-adds all measured slower). The features, their ``[22, N]`` stacking and the per-tensor means take
+  most of the rest (~1-1.5 ms). Measured choices that matter on CPU: feature-major layout; one matmul on
+  ``[features; h]`` behind an ``optimization_barrier`` (without it XLA rewrites ``W @ concat(a, b)`` into one matmul
+  per operand, each writing ``[40, N]``); per-tensor elementwise work with broadcast biases (a gathered ``[30, N]``
+  bias was ~4x slower, and XLA materialises a concatenation of per-tensor broadcasts over all ``N`` columns, ~1 ms
+  more); per-scale rows in the feature computation (no reductions over the short scale axis); per-tensor
+  means that avoid reducing column slices (XLA copies them first, see ``_Layout.segment_mean``); reading the
+  shortcut's scaled momenta back from the stacked block rather than recomputing them; ``sigmoid`` through ``tanh``
+  in the parameter GRU (``lopt.gru``); a one-logarithm ``asinh``.
 
 **At its initial (not meta-trained) weights** the optimizer descends, but slowly: the learned parts are random but
 the gradient shortcut (``w_gs`` ~ 0.25 each) makes ``delta`` a positive mix of RMS-normalised momenta, and the step
@@ -134,12 +140,22 @@ class _Layout(NamedTuple):
     return cls(sizes)
 
   def segment_mean(self, x: jax.Array) -> jax.Array:
-    """Per-tensor means of a feature-major ``[F, N]`` block: ``[F, T]``; 0 for zero-size tensors."""
-    # Tensors are contiguous column ranges, so a reduction per static slice is exact and vectorises; it measured
-    # ~3x faster on CPU than jax.ops.segment_sum, whose scatter is not vectorised there.
+    """Per-tensor means of a feature-major ``[F, N]`` block: ``[F, T]``; 0 for zero-size tensors.
+
+    Tensors are contiguous column ranges, so each sum is a reduction over a static slice (measured ~3x faster on CPU
+    than ``jax.ops.segment_sum``, whose scatter is not vectorised there). But XLA:CPU copies a column slice before
+    reducing it, ~3x the cost of reducing whole rows, so the largest tensor's sum is taken as the row totals minus the
+    other tensors' sums: the block is read once and only the smaller tensors' columns are copied. The subtraction
+    adds an error of ~1 float32 ulp of the rows' absolute sums.
+    """
     if not self.sizes:
       return jnp.zeros((x.shape[0], 0), x.dtype)
-    return jnp.stack([base.safe_mean(x[:, start:stop], axis=1) for start, stop in self._ranges()], axis=1)
+    largest = int(np.argmax(self.sizes))
+    sums = [None if i == largest else jnp.sum(x[:, start:stop], axis=1)
+            for i, (start, stop) in enumerate(self._ranges())]
+    others = [v for v in sums if v is not None]
+    sums[largest] = jnp.sum(x, axis=1) - sum(others[1:], others[0]) if others else jnp.sum(x, axis=1)
+    return jnp.stack(sums, axis=1) / np.maximum(np.asarray(self.sizes, np.float32), 1.0)
 
   def broadcast(self, per_tensor: jax.Array) -> jax.Array:
     """``[F, T] -> [F, N]``: every element gets its tensor's column."""
@@ -398,7 +414,6 @@ class HierarchicalRNN(base.LearnedOptimizer):
       out['relative_lr'] = relative_lr[None]
       features.append(relative_lr)
     out['features'] = jnp.stack(features)
-    out['feature_rows'] = features  # the same, unstacked: per-tensor reductions of a row need no strided copy
     return out
 
   def input_features(self, grads: base.Params, state: HierarchicalRNNState,
@@ -412,12 +427,11 @@ class HierarchicalRNN(base.LearnedOptimizer):
     base.check_inputs(grads, params, type(self).__name__)
     layout = self._check_state(state, params)
     out = self._input_features(state, layout.flatten(base.leaves_f32(grads)))
-    del out['feature_rows']
     return out
 
   def _step(self, meta, layout: _Layout, grads_flat, params_flat, state: HierarchicalRNNState):
     inputs = self._input_features(state, grads_flat)
-    features, rows = inputs['features'], inputs['feature_rows']
+    features = inputs['features']
     tensor_prev, global_prev = state.tensor_hidden, state.global_hidden
     h0, f = self.cell_sizes[0], self.num_features
 
@@ -450,18 +464,21 @@ class HierarchicalRNN(base.LearnedOptimizer):
     param_hidden = jnp.concatenate(hidden_pieces, axis=1) if hidden_pieces else state.param_hidden
     all_readouts = readout_kernels @ param_hidden  # [4 or 5, N], one matmul for all tensors
 
+    # The tensor GRU's feature inputs, from the barrier's output (so the features are not recomputed) and over all its
+    # rows: the previous h rows are reduced and dropped, which costs less than the copy XLA would make of the slice.
+    feature_means = layout.segment_mean(stacked_input)[:f]  # [F, T]
+
     outputs = {k: [] for k in ('rms_decay', 'input_decay', 'log_lr', 'true_param', 'update')}
     tensor_inputs = []
-    for (start, stop), hidden in zip(layout._ranges(), hidden_pieces):
+    for index, ((start, stop), hidden) in enumerate(zip(layout._ranges(), hidden_pieces)):
       cols = slice(start, stop)
       readouts = all_readouts[:, cols]
-      # The shortcut as S multiply-adds (rows[:S] are the scaled momenta): fused, where a matmul would first copy the
-      # strided [S, n] slice.
+      # The shortcut as S multiply-adds on the barrier's output rows (rows :S are the scaled momenta): fused, where a
+      # matmul would first copy the strided [S, n] slice, and read back rather than recomputed from the momenta.
       directions = jnp.concatenate([readouts[:1], readouts[4:]])  # [1 or 2, n]
       for i in range(self.num_scales):
-        directions = directions + shortcuts[:, i:i + 1] * rows[i][cols]
-      tensor_inputs.append(jnp.concatenate([base.safe_mean(hidden, axis=1),
-                                            base.safe_mean(stacked_input[:f, cols], axis=1)]))
+        directions = directions + shortcuts[:, i:i + 1] * stacked_input[i, cols]
+      tensor_inputs.append(jnp.concatenate([base.safe_mean(hidden, axis=1), feature_means[:, index]]))
       directions = directions / jnp.sqrt(base.safe_mean(directions ** 2, axis=1, keepdims=True) + _RMS_EPS)
 
       log_lr_prev = state.log_lr[cols]
