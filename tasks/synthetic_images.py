@@ -81,13 +81,15 @@ def generate(seed: int = 0, size: int = 16, num_classes: int = 10,
 
 @functools.lru_cache(maxsize=None)
 def load_synthetic_images(seed: int = 0, size: int = 16, num_classes: int = 10):
-  """The generated dataset as a :class:`tasks.datasets.ImageDataset` (name ``'synthetic_images'``), cached per
-  ``(seed, size, num_classes)``. Nothing is read from disk."""
+  """The generated dataset as a :class:`tasks.datasets.ImageDataset`, cached per ``(seed, size, num_classes)``.
+  Nothing is read from disk. Its name is ``'synthetic_images'`` at the default 16x16, else
+  ``'synthetic_images_<size>px'``."""
   from tasks import datasets  # pylint: disable=import-outside-toplevel  (datasets imports this module)
   images, labels = generate(seed, size, num_classes)
   splits = list(images)
   offsets = np.cumsum([0] + [len(labels[s]) for s in splits])
   indices = {s: np.arange(offsets[i], offsets[i + 1]) for i, s in enumerate(splits)}
-  return datasets.to_device('synthetic_images', np.concatenate([images[s] for s in splits]),
+  name = 'synthetic_images' if size == 16 else f'synthetic_images_{size}px'
+  return datasets.to_device(name, np.concatenate([images[s] for s in splits]),
                             np.concatenate([labels[s] for s in splits]), indices, num_classes=num_classes,
                             pixel_scale=1 / 255, source=f'tasks.synthetic_images.generate(seed={seed}, size={size})')

@@ -139,8 +139,8 @@ def test_shipped_config_is_valid_and_every_key_is_commented(path):
     lines = f.read().splitlines()
   for i, line in enumerate(lines):
     stripped = line.strip()
-    if not stripped or stripped.startswith('#') or stripped.startswith('['):
-      continue
+    if not stripped or stripped.startswith('#') or stripped.startswith('[') or '=' not in stripped:
+      continue  # blank, comment, table header, or the continuation of a multi-line array
     key = stripped.split('=', 1)[0].strip()
     documented = '#' in line.split('=', 1)[1] or (i > 0 and lines[i - 1].strip().startswith('#'))
     assert documented, f'{os.path.basename(path)}:{i + 1}: key {key!r} has no comment'
