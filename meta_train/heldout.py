@@ -2,7 +2,9 @@
 
 The shipped hierarchical RNN is meta-trained on :func:`tasks.hrnn_training_set` (15 problems of the Wichrowska et
 al. 2017 set: quadratics of 20 to 100 dimensions, 2-D bowls, Beale and Booth, softmax regression and small sigmoid
-MLPs on generated data). :func:`heldout_suite` evaluates on problem *types* that set leaves out:
+MLPs on generated data), then fine-tuned on :func:`tasks.hrnn_training_set_v2`, which adds three ReLU MLPs on
+generated data (:mod:`tasks.synthetic_images` and ReLU-teacher labels; no Fashion-MNIST or digits).
+:func:`heldout_suite` evaluates on problem *types* and datasets those sets leave out:
 
 =================================  ========================================================================
 ``fashion_mnist_mlp``              784-128-10 ReLU MLP on Fashion-MNIST, batch 128 (101,770 parameters)

@@ -16,13 +16,14 @@ from lopt import pretrained
 SHIPPED = ('hierarchical_rnn', 'mlp_lopt')
 
 #: The shipped HRNN on the digits MLP (64-32-10, batch 64), no tuning: the median over seeds 0-3 of the mean training
-#: loss over steps 276-300 must be below DIGITS_THRESHOLD. Measured when the weights were shipped: 0.215, 0.238,
-#: 1.184, 0.434 (median 0.34; seed 2 stalls on a plateau near 1.1, see docs/model_card_hrnn.md). The loss starts at
-#: log(10) = 2.30; Adam at its default 1e-3 reaches 0.47, 0.52, 0.50, 0.47 in the same 300 steps. The threshold
-#: leaves room for float32 differences across platforms while still failing an optimizer that does not learn.
+#: loss over steps 276-300 must be below DIGITS_THRESHOLD. Measured when the weights were shipped (second round,
+#: docs/model_card_hrnn.md): 0.083, 0.074, 0.079, 0.088 (median 0.081; the first release's weights gave 0.34 with one
+#: seed stalled near 1.1). The loss starts at log(10) = 2.30; Adam at its default 1e-3 reaches 0.47, 0.52, 0.50, 0.47
+#: in the same 300 steps. 0.25 is three times the measured median, room for float32 differences across platforms,
+#: and still half of what Adam 1e-3 reaches: an optimizer that stalls or learns slowly fails.
 DIGITS_STEPS = 300
 DIGITS_SEEDS = (0, 1, 2, 3)
-DIGITS_THRESHOLD = 0.6
+DIGITS_THRESHOLD = 0.25
 
 def _mlp_params(key):
   k1, k2 = jax.random.split(key)

@@ -27,16 +27,17 @@ def test_suite_is_disjoint_from_the_shipped_training_set():
     assert not 20 <= dim <= 100, entry.name
 
 
-def test_second_round_training_set_adds_relu_networks_on_data_outside_the_suite():
-  """configs/hrnn_shipped_v2.toml trains on the first set plus ReLU networks, none on a held-out dataset."""
-  problems = tasks.hrnn_training_set_v2()
-  extra = tasks.problem_sets.HRNN_V2_EXTRA_PROBLEMS
+@pytest.mark.parametrize('make, extra', [(tasks.hrnn_training_set_v2, tasks.problem_sets.HRNN_V2_EXTRA_PROBLEMS),
+                                         (tasks.hrnn_training_set_v3, tasks.problem_sets.HRNN_V3_RELU_PROBLEMS)])
+def test_second_round_training_sets_add_relu_networks_on_data_outside_the_suite(make, extra):
+  """configs/hrnn_shipped_v2.toml and _v3.toml train on the first set plus ReLU networks, none on held-out data."""
+  problems = make()
   assert list(problems) == list(tasks.problem_sets.HRNN_TRAINING_PROBLEMS) + list(extra)
   assert not set(problems) & set(heldout.ALL_TASKS)
   for name in extra:
     task = problems[name].task(problems[name].sample(jax.random.key(0)))
     dataset = getattr(task, 'dataset', None)
-    assert dataset is None or dataset.name == 'synthetic_images', name
+    assert dataset is None or dataset.name.startswith('synthetic_images'), name
     assert 'relu' in name
 
 
