@@ -24,9 +24,10 @@ grid too (through ``optax.inject_hyperparams``), so each (task, optimizer family
 
 **Baseline cache.** Baselines are most of the cost (the held-out suite's tuned baselines take ~20 CPU-minutes) and
 do not change while a learned optimizer is being developed. ``evaluate(..., cache_dir=DIR)`` stores each baseline's
-curves in ``DIR`` and reuses them when the same baseline, learning-rate grid, task, budget, seeds, key and jax/optax
-versions come again. A task is recognised by its name, parameter count and its loss at a fixed initialisation and
-batch (a fingerprint), so a changed task under an old name misses the cache instead of reusing wrong numbers.
+curves in ``DIR`` and reuses them when the same baseline (by name), learning-rate grid, task, budget, seeds, key and
+jax/optax versions come again. A task is recognised by its name, parameter count and its loss at a fixed
+initialisation and batch (a fingerprint), so a changed task under an old name misses the cache instead of reusing
+wrong numbers.
 """
 
 from __future__ import annotations
