@@ -426,8 +426,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
     """
     base.check_inputs(grads, params, type(self).__name__)
     layout = self._check_state(state, params)
-    out = self._input_features(state, layout.flatten(base.leaves_f32(grads)))
-    return out
+    return self._input_features(state, layout.flatten(base.leaves_f32(grads)))
 
   def _step(self, meta, layout: _Layout, grads_flat, params_flat, state: HierarchicalRNNState):
     inputs = self._input_features(state, grads_flat)

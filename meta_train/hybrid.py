@@ -67,7 +67,7 @@ class HybridEstimator(PerturbedEstimator):
     if isinstance(num_tasks, int) and not isinstance(num_tasks, bool) and num_tasks < 2:
       raise ValueError(f'HybridEstimator needs num_tasks >= 2 (it weights by sample variances over instances), '
                        f'got {num_tasks}.')
-    self.second_derivatives = second_derivatives  # read by PerturbedEstimator.__init__
+    self.second_derivatives = second_derivatives  # overrides PerturbedEstimator's class default before its __init__
     super().__init__(architecture, families, num_tasks, truncation_schedule, objective, unroll_length=unroll_length,
                      std=std, use_valid_loss=use_valid_loss, stagger=stagger, group_weights=group_weights,
                      group_mode=group_mode)

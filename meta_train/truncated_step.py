@@ -604,17 +604,17 @@ class PerturbedEstimator(TruncatedEstimator):
   """
 
   num_particles = 2  # the antithetic twins θ + ε and θ − ε
+  # Only the hybrid estimator differentiates through the unroll; its constructor sets this before calling here.
+  second_derivatives: bool = True
 
   def __init__(self, architecture, families: TaskFamily | Sequence[TaskFamily], num_tasks: int,
                truncation_schedule: TruncationSchedule | None = None, objective: MetaObjective | None = None, *,
                unroll_length: int = 20, std: float = 0.01, use_valid_loss: bool = False, stagger: bool = True,
                group_weights: Sequence[float] | None = None, group_mode: str = 'all'):
     self.std = check_std(std, type(self).__name__)
-    # Only the hybrid estimator differentiates through the unroll; it sets this before calling here.
-    second_derivatives = getattr(self, 'second_derivatives', True)
     super().__init__(architecture, families, num_tasks, truncation_schedule, objective, unroll_length=unroll_length,
                      use_valid_loss=use_valid_loss, stagger=stagger, group_weights=group_weights,
-                     group_mode=group_mode, second_derivatives=second_derivatives)
+                     group_mode=group_mode, second_derivatives=self.second_derivatives)
 
 
 def check_std(std: float, name: str) -> float:

@@ -29,9 +29,7 @@ __all__ += ['Bowl', 'BowlFamily', 'GradientNoise', 'GradientNoiseFamily', 'LogOb
             'RescaleFamily', 'RescaledFamily', 'RosenbrockND', 'SoftmaxRegressionFamily', 'SparseFamily',
             'SparseGradients', 'SparseGradientsFamily', 'Sum', 'SumFamily', 'TestFunction', 'TestFunctionFamily',
             'TestFunctionsFamily', 'families', 'hrnn_training_set', 'hrnn_training_set_v2', 'hrnn_training_set_v3',
-            'mlp_lopt_training_set',
-            'problem_sets', 'sampling',
-            'wichrowska2017', 'wrappers']
+            'mlp_lopt_training_set', 'problem_sets', 'sampling', 'wichrowska2017', 'wrappers']
 __all__ += ['ConvNetFamily', 'DatasetNotFoundError', 'FixedImageClassifierFamily', 'IdxFormatError',
             'ImageClassificationTask', 'ImageTaskConfig', 'MLPFamily', 'conv_task', 'datasets', 'idx',
             'image_classification', 'image_families', 'load_dataset', 'load_digits', 'load_fashion_mnist',

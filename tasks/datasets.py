@@ -132,7 +132,7 @@ def _split_source(num_source_train: int, sizes: Mapping[str, int],
 
 
 def to_device(name: str, images: np.ndarray, labels: np.ndarray, indices: Mapping[str, np.ndarray],
-               num_classes: int, pixel_scale: float, source: str) -> ImageDataset:
+              num_classes: int, pixel_scale: float, source: str) -> ImageDataset:
   # A loader may first run while a task is being built inside `jit` (a family's `task(cfg)`); without
   # `ensure_compile_time_eval` the device_put would be staged into that trace and the cache would keep a tracer.
   with jax.ensure_compile_time_eval():
@@ -258,7 +258,7 @@ def load_digits() -> ImageDataset:
   indices = {split: order[ix] for split, ix in
              _split_source(len(images), DIGITS_SPLIT_SIZES, num_source_test=None).items()}
   return to_device('digits', images, digits.target, indices, num_classes=10, pixel_scale=1 / 16,
-                    source='sklearn.datasets.load_digits')
+                   source='sklearn.datasets.load_digits')
 
 
 def load_synthetic_images() -> ImageDataset:

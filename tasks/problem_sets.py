@@ -270,10 +270,9 @@ def hrnn_training_set_v2() -> ProblemSet:
       'synthetic_images_mlp_32_relu_bs64': ic.mlp_task(images, (32,), 'relu', batch_size=64),
       'synthetic_images_mlp_32x32_relu_bs32': ic.mlp_task(images, (32, 32), 'relu', batch_size=32),
   }
-  families = [(name, family) for name, family in hrnn_training_set().items()]
+  families = list(hrnn_training_set().items())
   families += [(name, base.SingleTaskFamily(task)) for name, task in extra.items()]
   families.append(('mlp_relu_64x64_nf32_bs64', gc.MLPClassifierFamily(32, (64, 64), 64, activation='relu')))
-  assert tuple(n for n, _ in families[len(HRNN_TRAINING_PROBLEMS):]) == HRNN_V2_EXTRA_PROBLEMS
   return ProblemSet('hrnn_training_set_v2', families)
 
 
