@@ -106,6 +106,7 @@ _MS_EPS = 1e-12  # added to a^2 in the mean square
 _RMS_EPS = 1e-16  # inside sqrt / log
 
 _GLOBAL_INPUTS = ('mean', 'last')
+_STEP_SCALES = ('absolute', 'relative')
 
 
 class HierarchicalRNNState(NamedTuple):
@@ -221,6 +222,15 @@ class HierarchicalRNN(base.LearnedOptimizer):
     global_input: ``'mean'`` (paper, default): the global GRU reads the mean over tensors of the tensor GRUs' states;
       ``'last'`` (released code): only the last tensor's.
     lr_init_seed: seed of the per-parameter learning-rate initialisation (optax ``init`` has no key).
+    step_scale: ``'absolute'`` (paper): the step is ``exp(l_step + o) delta``, the same size whatever the scale of
+      the parameters. ``'relative'``: that step is multiplied by each tensor's parameter RMS,
+      ``max(rms(theta), relative_step_floor)``, so ``exp(l_step + o)`` is a *relative* learning rate (the idea of
+      Adafactor's relative step size and LARS's trust ratio). A network's weights are initialised at
+      ``1/sqrt(fan_in)``, so an absolute step that suits the O(1) parameters of the synthetic meta-training
+      problems is ``sqrt(fan_in)`` times too large for a wide layer: the paper's optimizer moves a 512x512 ReLU layer
+      by three times its own weights on its first step. No meta-parameter changes shape.
+    relative_step_floor: the smallest parameter RMS ``'relative'`` scales by, so tensors at zero (biases at
+      initialisation) still move.
   """
 
   name: ClassVar[str] = 'hierarchical_rnn'
@@ -235,6 +245,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
   use_attention: bool = False
   global_input: str = 'mean'
   lr_init_seed: int = 0
+  step_scale: str = 'absolute'
+  relative_step_floor: float = 1e-2
 
   def __post_init__(self):
     def fail(message):
@@ -262,6 +274,12 @@ class HierarchicalRNN(base.LearnedOptimizer):
            f'got {self.global_input!r}.')
     if not isinstance(self.lr_init_seed, int) or isinstance(self.lr_init_seed, bool):
       fail(f'lr_init_seed must be an int, got {self.lr_init_seed!r}.')
+    if self.step_scale not in _STEP_SCALES:
+      fail(f"step_scale must be 'absolute' (paper) or 'relative' (steps scaled by each tensor's parameter RMS), "
+           f'got {self.step_scale!r}.')
+    if (not isinstance(self.relative_step_floor, (int, float)) or isinstance(self.relative_step_floor, bool)
+        or not 0 < self.relative_step_floor < math.inf):
+      fail(f'relative_step_floor must be a finite number > 0, got {self.relative_step_floor!r}.')
 
   @property
   def num_features(self) -> int:
@@ -482,10 +500,14 @@ class HierarchicalRNN(base.LearnedOptimizer):
 
       log_lr_prev = state.log_lr[cols]
       log_lr_step = _straight_through_clip(log_lr_prev + readouts[3] + meta['log_lr']['bias'], self.max_log_lr)
-      step = -jnp.exp(log_lr_step + meta['step_size_offset']) * directions[0]
+      step_size = jnp.exp(log_lr_step)
+      if self.step_scale == 'relative':
+        step_size = step_size * jnp.maximum(jnp.sqrt(base.safe_mean(params_flat[cols] ** 2)),
+                                            self.relative_step_floor)
+      step = -step_size * jnp.exp(meta['step_size_offset']) * directions[0]
       if self.use_attention:
         outputs['true_param'].append(state.true_param[cols] + step)
-        step = state.true_param[cols] - jnp.exp(log_lr_step) * directions[1] - params_flat[cols]
+        step = state.true_param[cols] - step_size * directions[1] - params_flat[cols]
       outputs['update'].append(step)
       outputs['rms_decay'].append(jax.nn.sigmoid(readouts[1] + meta['rms_decay']['bias']))
       outputs['input_decay'].append(jax.nn.sigmoid(readouts[2] + meta['input_decay']['bias']))
