@@ -63,7 +63,7 @@ class Components(NamedTuple):
     estimator: the :class:`meta_train.GradientEstimator`.
     meta_optimizer: the optax transformation applied to meta-gradients (clipping included).
     ensemble_size: the length of the ensemble axis of the estimator state (the number of task instances).
-    evaluate: ``meta_params -> dict of floats`` (see :mod:`meta_train.evaluation`), or ``None``.
+    evaluate: ``meta_params -> dict of floats`` (see :mod:`evaluation.periodic`), or ``None``.
   """
   architecture: Any
   init_meta_params: Callable[[jax.Array], Any]
