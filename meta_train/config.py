@@ -30,6 +30,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import hashlib
+import json
 import math
 import tomllib
 import typing
@@ -406,6 +408,15 @@ def _flatten(data: dict, prefix: str = '') -> dict:
     else:
       out[key] = v
   return out
+
+
+def fingerprint(config: Config) -> str:
+  """A SHA-256 (hex) of every field that determines the meta-parameters, i.e. all but :data:`RESUMABLE_FIELDS`.
+
+  Two configs with the same fingerprint may resume each other's runs; stored in ``resume.npz``.
+  """
+  fields = {k: v for k, v in _flatten(to_dict(config)).items() if k not in RESUMABLE_FIELDS}
+  return hashlib.sha256(json.dumps(fields, sort_keys=True, default=repr).encode('utf-8')).hexdigest()
 
 
 def differences(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
