@@ -31,7 +31,6 @@ drew, and it equals the draw the estimator makes inside a single program.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -41,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from meta_train import checkpoint
 from meta_train import config as config_lib
@@ -372,24 +372,6 @@ def _save_final(path: str, architecture, meta_params) -> None:
     raise checkpoint.CheckpointError(checkpoint.os_error_message(e, path)) from e
 
 
-class _NoBar:
-  def update(self, n):
-    pass
-
-  def set_postfix(self, **kwargs):
-    pass
-
-  def close(self):
-    pass
-
-
-def _progress_bar(enabled: bool, total: int, initial: int):
-  if not enabled:
-    return _NoBar()
-  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-  return tqdm(total=total, initial=initial, desc='meta-training', unit='step', dynamic_ncols=True)
-
-
-def replace_run(config: config_lib.Config, **changes) -> config_lib.Config:
-  """``config`` with fields of its ``run`` section replaced (a convenience for notebooks and tests)."""
-  return dataclasses.replace(config, run=dataclasses.replace(config.run, **changes))
+def _progress_bar(enabled: bool, total: int, initial: int) -> tqdm:
+  return tqdm(total=total, initial=initial, desc='meta-training', unit='step', dynamic_ncols=True,
+              disable=not enabled)
