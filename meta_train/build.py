@@ -344,7 +344,7 @@ def build_estimator(cfg: config_lib.EstimatorConfig, architecture, families, num
 
 def build(config: config_lib.Config):
   """Builds every component of a run; raises ``ConfigError`` naming the field for anything the config gets wrong."""
-  from meta_train import evaluation  # pylint: disable=import-outside-toplevel
+  from evaluation import periodic  # pylint: disable=import-outside-toplevel
   from meta_train.trainer import Components  # pylint: disable=import-outside-toplevel
 
   architecture = build_architecture(config.learned_optimizer)
@@ -352,7 +352,7 @@ def build(config: config_lib.Config):
   estimator = build_estimator(config.estimator, architecture, families, config.tasks.num_tasks)
   evaluate = None
   if config.evaluation.every > 0:
-    evaluate = evaluation.make_evaluator(
+    evaluate = periodic.make_evaluator(
         architecture, families, num_tasks=config.evaluation.num_tasks, num_steps=config.evaluation.num_steps,
         adam_learning_rate=config.evaluation.adam_learning_rate, seed=config.run.seed,
         use_valid_loss=bool(config.estimator.kwargs.get('use_valid_loss', False)))

@@ -30,10 +30,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import hashlib
+import json
 import math
 import tomllib
 import typing
 from typing import Any, Callable
+
+import tomli_w
 
 
 class ConfigError(ValueError):
@@ -346,55 +350,12 @@ def loads(text: str, overrides: list[str] = ()) -> Config:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Writing (tomllib only reads), and comparing two configs for resumption.
-
-
-def _toml_value(value: Any) -> str:
-  if isinstance(value, bool):
-    return 'true' if value else 'false'
-  if isinstance(value, int):
-    return str(value)
-  if isinstance(value, float):
-    # repr round-trips exactly; TOML floats need a '.' or exponent, which repr gives except for inf/nan.
-    return repr(value) if math.isfinite(value) else ('nan' if math.isnan(value) else ('inf' if value > 0 else '-inf'))
-  if isinstance(value, str):
-    return '"' + value.replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n') + '"'
-  if isinstance(value, (list, tuple)):
-    return '[' + ', '.join(_toml_value(v) for v in value) + ']'
-  if isinstance(value, dict):
-    return '{' + ', '.join(f'{_toml_key(k)} = {_toml_value(v)}' for k, v in value.items()) + '}'
-  raise ConfigError(f'cannot write {value!r} ({type(value).__name__}) as TOML.')
-
-
-def _toml_key(key: str) -> str:
-  return key if key.replace('_', '').replace('-', '').isalnum() else _toml_value(key)
+# Writing (tomllib only reads; tomli_w writes), and comparing two configs for resumption.
 
 
 def dumps(config: Config) -> str:
-  """The config as TOML text; ``loads(dumps(c)) == c``."""
-  lines = []
-
-  def emit(table: dict, prefix: str):
-    scalars = {k: v for k, v in table.items() if not (isinstance(v, dict) and _is_section(prefix, k))}
-    if prefix:
-      lines.append(f'[{prefix}]')
-    for k, v in scalars.items():
-      lines.append(f'{_toml_key(k)} = {_toml_value(v)}')
-    lines.append('')
-    for k, v in table.items():
-      if k not in scalars:
-        emit(v, f'{prefix}.{k}' if prefix else k)
-
-  emit(to_dict(config), '')
-  return '\n'.join(lines).lstrip('\n')
-
-
-def _is_section(prefix: str, key: str) -> bool:
-  """True when ``prefix.key`` is a nested dataclass of the schema (written as a [table]), not a kwargs dict."""
-  cls = Config
-  for part in (prefix.split('.') if prefix else []):
-    cls = typing.get_type_hints(cls)[part]
-  return dataclasses.is_dataclass(typing.get_type_hints(cls).get(key))
+  """The config as TOML text (``tomli_w``); ``loads(dumps(c)) == c``."""
+  return tomli_w.dumps(to_dict(config))
 
 
 def _flatten(data: dict, prefix: str = '') -> dict:
@@ -406,6 +367,15 @@ def _flatten(data: dict, prefix: str = '') -> dict:
     else:
       out[key] = v
   return out
+
+
+def fingerprint(config: Config) -> str:
+  """A SHA-256 (hex) of every field that determines the meta-parameters, i.e. all but :data:`RESUMABLE_FIELDS`.
+
+  Two configs with the same fingerprint may resume each other's runs; stored in ``resume.npz``.
+  """
+  fields = {k: v for k, v in _flatten(to_dict(config)).items() if k not in RESUMABLE_FIELDS}
+  return hashlib.sha256(json.dumps(fields, sort_keys=True, default=repr).encode('utf-8')).hexdigest()
 
 
 def differences(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:

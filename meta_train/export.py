@@ -4,7 +4,7 @@ A run writes ``final.npz`` only when it ends; this takes the newest readable che
 evaluated (or its current weights shipped) at any time::
 
     python -m meta_train.export runs/hrnn_shipped hrnn_now.npz
-    python -m meta_train.harness_cli --optimizer now=hrnn_now.npz --out runs/eval_now
+    python -m evaluation --optimizer now=hrnn_now.npz --out runs/eval_now
 
 The run directory's ``config.toml`` says which architecture and state layout to expect; the checkpoint is checked
 against it (integrity and shapes) exactly as a resume would.

@@ -14,7 +14,10 @@ both counts are summed in the state, logged, and shown in the progress bar.
 Everything that determines the future of the run lives in one :class:`TrainState` (meta-parameters, meta-optimizer
 state, estimator state, PRNG key, step, counters). It is checkpointed every ``run.checkpoint_every`` steps, so the same
 command on the same output directory resumes from the latest checkpoint and produces bitwise the meta-parameters an
-uninterrupted run would have (on CPU; see ``tests/meta_train/test_resume_sigkill.py``).
+uninterrupted run would have (on CPU; see ``tests/meta_train/test_resume_sigkill.py``). Every checkpoint also writes
+the compact ``resume.npz`` (:mod:`meta_train.resume_state`: meta-parameters, meta-optimizer state, key, step; no
+task instances); a directory that holds it but no checkpoint (a run committed to git, copied without its
+checkpoints) resumes from it with freshly drawn task instances.
 
 The ensemble axis of the estimator state is sharded over every device (:mod:`meta_train.sharding`); the step itself is
 written for one device and ``jax.jit`` partitions it.
@@ -28,8 +31,8 @@ drew, and it equals the draw the estimator makes inside a single program.
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import sys
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -37,10 +40,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from meta_train import checkpoint
 from meta_train import config as config_lib
 from meta_train import logging as run_logging
+from meta_train import resume_state
 from meta_train import sharding
 from meta_train.base import GradientEstimator
 
@@ -63,7 +68,7 @@ class Components(NamedTuple):
     estimator: the :class:`meta_train.GradientEstimator`.
     meta_optimizer: the optax transformation applied to meta-gradients (clipping included).
     ensemble_size: the length of the ensemble axis of the estimator state (the number of task instances).
-    evaluate: ``meta_params -> dict of floats`` (see :mod:`meta_train.evaluation`), or ``None``.
+    evaluate: ``meta_params -> dict of floats`` (see :mod:`evaluation.periodic`), or ``None``.
   """
   architecture: Any
   init_meta_params: Callable[[jax.Array], Any]
@@ -167,7 +172,8 @@ def prepare_output_dir(out_dir: str, config: config_lib.Config, write: bool = Tr
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise OutputDirError(f'--out {out_dir!r} exists and is not a directory; choose another path.')
   config_path = os.path.join(out_dir, CONFIG_FILE)
-  has_checkpoints = bool(checkpoint.CheckpointManager(os.path.join(out_dir, CHECKPOINT_DIR), write=False).steps())
+  has_checkpoints = (bool(checkpoint.CheckpointManager(os.path.join(out_dir, CHECKPOINT_DIR), write=False).steps())
+                     or os.path.exists(os.path.join(out_dir, resume_state.RESUME_FILE)))
   # Without a checkpoint there is nothing to resume, so a run that failed early may be restarted with a fixed config.
   if has_checkpoints and os.path.exists(config_path):
     try:
@@ -204,6 +210,14 @@ def train(config: config_lib.Config, out_dir: str, components: Components | None
           progress: bool = True) -> TrainResult:
   """Meta-trains as ``config`` says, writing everything to ``out_dir``; resumes if ``out_dir`` holds a checkpoint.
 
+  Resumption, in order of preference:
+
+  1. the newest readable full checkpoint in ``out_dir/checkpoints/``: bitwise the uninterrupted run (same machine);
+  2. when ``checkpoints/`` is absent or empty, ``out_dir/resume.npz``: the meta-parameters, meta-optimizer state,
+     PRNG key, step and counters it holds, with the inner task instances *redrawn* (a valid continuation of the
+     meta-training, not bitwise the uninterrupted one; a line on stderr says so);
+  3. otherwise a fresh start.
+
   Args:
     config: a validated :class:`meta_train.config.Config`.
     out_dir: the run's directory (created if missing).
@@ -237,9 +251,23 @@ def train(config: config_lib.Config, out_dir: str, components: Components | None
   manager = checkpoint.CheckpointManager(os.path.join(out_dir, CHECKPOINT_DIR), keep=run.keep_checkpoints,
                                          write=is_main)
   restored = manager.restore_latest(state_shapes)
+  resume_path = os.path.join(out_dir, resume_state.RESUME_FILE)
   if restored is not None:
     state = sharding.put(restored.tree, state_shardings)
     start = restored.step
+  elif os.path.exists(resume_path):
+    try:
+      saved = resume_state.load(resume_path, state_shapes, config)
+    except checkpoint.CheckpointError as e:
+      raise OutputDirError(str(e)) from e
+    with jax.default_device(jax.local_devices()[0]):  # op by op, as a fresh start (below)
+      estimator_state = components.estimator.init(resume_state.redraw_key(saved.key), saved.meta_params)
+      state = sharding.put(TrainState(estimator_state=estimator_state, **saved._asdict()), state_shardings)
+    start = int(saved.step)
+    if is_main:
+      print(f'resuming from {resume_path} at step {start} (no full checkpoint in {manager.directory}): '
+            'meta-parameters, meta-optimizer state and PRNG key restored, inner task instances redrawn.',
+            file=sys.stderr)
   else:
     # Run op by op, not as one jitted program: for a problem set of many structure groups, one program holding every
     # group's initialisation takes XLA longer to compile than running its small ops directly (the 87 groups of the
@@ -259,6 +287,8 @@ def train(config: config_lib.Config, out_dir: str, components: Components | None
     host_state = sharding.to_host(state)  # a collective in multi-process runs: every process calls it
     # The state's own step counter, not `step`: an interrupt can land between the meta-step and `step += 1`.
     manager.save(int(host_state.step), host_state, metadata={'time': time.time()})
+    if is_main:
+      resume_state.save(resume_path, host_state, config)
 
   try:
     while step < run.meta_steps:
@@ -342,24 +372,6 @@ def _save_final(path: str, architecture, meta_params) -> None:
     raise checkpoint.CheckpointError(checkpoint.os_error_message(e, path)) from e
 
 
-class _NoBar:
-  def update(self, n):
-    pass
-
-  def set_postfix(self, **kwargs):
-    pass
-
-  def close(self):
-    pass
-
-
-def _progress_bar(enabled: bool, total: int, initial: int):
-  if not enabled:
-    return _NoBar()
-  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-  return tqdm(total=total, initial=initial, desc='meta-training', unit='step', dynamic_ncols=True)
-
-
-def replace_run(config: config_lib.Config, **changes) -> config_lib.Config:
-  """``config`` with fields of its ``run`` section replaced (a convenience for notebooks and tests)."""
-  return dataclasses.replace(config, run=dataclasses.replace(config.run, **changes))
+def _progress_bar(enabled: bool, total: int, initial: int) -> tqdm:
+  return tqdm(total=total, initial=initial, desc='meta-training', unit='step', dynamic_ncols=True,
+              disable=not enabled)

@@ -13,6 +13,7 @@ optimizer the cheap ``learnable_sgdm``, so everything compiles in seconds.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import types
 
 import jax
@@ -136,7 +137,8 @@ def test_same_seed_gives_bitwise_the_same_meta_params(straight_run, tmp_path):
 def test_steps_compile_only_the_drawn_group_and_resume_equals_the_uninterrupted_run(straight_run, tmp_path):
   config, straight, _ = straight_run
   components, traces = _counting_components(config)
-  first = trainer.train(trainer.replace_run(config, meta_steps=2), str(tmp_path), components, progress=False)
+  two_steps = dataclasses.replace(config, run=dataclasses.replace(config.run, meta_steps=2))
+  first = trainer.train(two_steps, str(tmp_path), components, progress=False)
   assert first.step == 2
   # Both meta-steps drew group 2: it was traced (compiled) once, and no other group was.
   assert traces == {2: 1}

@@ -4,13 +4,14 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 import quadratic_fixture
-from meta_train import build, checkpoint, evaluation, trainer
+from meta_train import build, checkpoint, resume_state, trainer
 from meta_train import config as config_lib
 from meta_train.checkpoint import CheckpointManager
 
@@ -137,21 +138,6 @@ def test_output_path_that_is_a_file_is_refused(tmp_path):
     _train(_config(), tmp_path / 'taken' / 'run')
 
 
-def test_evaluator_ranks_a_good_and_a_useless_learning_rate_against_adam():
-  sgd = quadratic_fixture.LearnedSGD()
-  family = quadratic_fixture.DiagonalQuadraticFamily(dim=4)
-  evaluate = evaluation.make_evaluator(sgd, [family], num_tasks=5, num_steps=30, adam_learning_rate=1e-3)
-  # lr 0.5 on curvatures in [0.5, 2] contracts every coordinate by at least 0.75 per step: after 30 steps the
-  # loss is below 0.75^60 ≈ 3e-8 of its start, while Adam at 1e-3 moves each coordinate by at most 0.03.
-  good = evaluate({'log_lr': np.log(np.float32(0.5))})
-  assert good['lopt_win_rate'] == 1.0 and good['lopt_vs_adam_log_ratio'] < -5
-  # lr e^-20 leaves the parameters where they started: Adam's small progress wins every task.
-  useless = evaluate({'log_lr': np.float32(-20.0)})
-  assert useless['lopt_win_rate'] == 0.0 and useless['lopt_vs_adam_log_ratio'] > 0
-  # Both runs start from the same parameters: a useless optimizer's final loss is Adam's starting point.
-  assert useless['adam_final_train_loss'] == pytest.approx(good['adam_final_train_loss'])
-
-
 def test_a_run_without_checkpoint_may_restart_with_another_config(tmp_path):
   trainer.prepare_output_dir(str(tmp_path), _config('meta_optimizer.learning_rate=0.5'))  # failed before step 1
   trainer.prepare_output_dir(str(tmp_path), _config())
@@ -190,3 +176,41 @@ def test_resume_is_bitwise_with_the_real_pes_estimator(tmp_path):
   assert resumed.resumed_from == 3
   for a, b in zip(jax.tree.leaves(straight.meta_params), jax.tree.leaves(resumed.meta_params), strict=True):
     assert a.tobytes() == b.tobytes()
+
+
+def test_a_run_resumed_from_only_resume_npz_continues_from_its_meta_state(straight_run, tmp_path, capfd):
+  config, _, _ = straight_run
+  first = _train(dataclasses.replace(config, run=dataclasses.replace(config.run, meta_steps=7)), tmp_path)
+  shapes = jax.eval_shape(lambda k: trainer.init_state(build.build(config), k), jax.random.key(0))
+  full = CheckpointManager(str(tmp_path / 'checkpoints'), keep=2).restore_latest(shapes).tree
+  # resume.npz holds exactly the meta-state of the newest full checkpoint, in kilobytes.
+  compact = resume_state.load(str(tmp_path / 'resume.npz'), shapes, config)
+  assert int(compact.step) == 7 and os.path.getsize(tmp_path / 'resume.npz') < 20_000
+  for name in ('meta_params', 'meta_opt_state', 'key', 'nonfinite_meta_grads', 'inner_nonfinite_resets'):
+    a, b = getattr(compact, name), getattr(full, name)
+    assert jax.tree.structure(a) == jax.tree.structure(b), name
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x, y = jax.random.key_data(x), jax.random.key_data(y)
+      assert np.asarray(x).tobytes() == np.asarray(y).tobytes(), name
+
+  # Without the full checkpoints, the trainer continues from resume.npz: the same step, meta-parameters and
+  # meta-optimizer state, with freshly drawn task instances (and says so).
+  shutil.rmtree(tmp_path / 'checkpoints')
+  capfd.readouterr()
+  resumed = _train(dataclasses.replace(config, run=dataclasses.replace(config.run, meta_steps=7)), tmp_path)
+  assert resumed.resumed_from == 7 and resumed.step == 7
+  assert resumed.meta_params['log_lr'].tobytes() == first.meta_params['log_lr'].tobytes()
+  assert 'inner task instances redrawn' in capfd.readouterr().err
+  longer = _train(config, tmp_path)
+  assert longer.resumed_from == 7 and longer.step == 12
+  assert [r['step'] for r in _records(tmp_path)] == [2, 4, 6, 7, 8, 10, 12]  # 7: the last step of the first run
+
+
+def test_resume_npz_of_another_config_is_refused(straight_run, tmp_path):
+  config, _, _ = straight_run
+  _train(dataclasses.replace(config, run=dataclasses.replace(config.run, meta_steps=3)), tmp_path)
+  shutil.rmtree(tmp_path / 'checkpoints')
+  os.remove(tmp_path / 'config.toml')  # only resume.npz can tell
+  with pytest.raises(trainer.OutputDirError, match='resume.npz.*another config.*new --out directory'):
+    _train(_config('meta_optimizer.learning_rate=0.5'), tmp_path)

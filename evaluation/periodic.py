@@ -1,6 +1,6 @@
 """Periodic evaluation during meta-training: the current learned optimizer against Adam on held-out tasks.
 
-A quick health check, not the benchmark (that is :mod:`meta_train.harness`). ``num_tasks`` tasks are sampled once,
+A quick health check, not the benchmark (that is :mod:`evaluation.harness`). ``num_tasks`` tasks are sampled once,
 with a PRNG stream the training never uses, from the training families; every evaluation trains each of them for
 ``num_steps`` steps twice from the same initial parameters and with the same minibatches: once with the learned
 optimizer at the current meta-parameters, once with ``optax.adam(adam_learning_rate)``. Reported, as means over the
@@ -13,7 +13,9 @@ tasks:
 * ``lopt_vs_adam_log_ratio``: mean of ``log(lopt / adam)`` final training loss over the tasks where both are
   positive and finite (scale-free across tasks; negative means the learned optimizer is ahead).
 
-Each family is one jitted, vmapped ``lax.scan`` compiled once and reused at every evaluation.
+Each family is one jitted, vmapped ``lax.scan`` (the loop of :mod:`evaluation.training`, shared with the harness)
+compiled once and reused at every evaluation. The trainer (:mod:`meta_train`) builds it through
+:func:`make_evaluator`; this package imports nothing of meta-training.
 """
 
 from __future__ import annotations
@@ -25,32 +27,19 @@ import jax
 import numpy as np
 import optax
 
+from evaluation import training
 from lopt.base import LearnedOptimizer
 from tasks.base import TaskFamily
 
 
 def _train_final_losses(tx: optax.GradientTransformation, family: TaskFamily, cfg, key: jax.Array,
                         num_steps: int, use_valid_loss: bool) -> tuple[jax.Array, jax.Array]:
-  """Trains the task of ``cfg`` for ``num_steps`` with ``tx``; returns its final (train, test) losses."""
-  task = family.task(cfg)
-  init_key, run_key, final_key = jax.random.split(key, 3)
-  params = task.init(init_key)
-
-  def step(carry, step_key):
-    params, opt_state = carry
-    batch_key, loss_key, valid_key = jax.random.split(step_key, 3)
-    loss, grads = jax.value_and_grad(task.loss)(params, loss_key, task.batch(batch_key, 'train'))
-    extra = {}
-    if use_valid_loss:  # the inner-valid loss feeds optimizers with validation features (unknown kwargs are ignored)
-      extra['valid_value'] = task.loss(params, valid_key, task.batch(valid_key, 'inner_valid'))
-    updates, opt_state = tx.update(grads, opt_state, params, value=loss, **extra)
-    return (optax.apply_updates(params, updates), opt_state), None
-
-  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(run_key, num_steps))
-  train_key, test_key = jax.random.split(final_key)
-  train_loss = task.loss(params, train_key, task.batch(train_key, 'train'))
-  test_loss = task.loss(params, test_key, task.batch(test_key, 'test'))
-  return train_loss, test_loss
+  """Trains the task of ``cfg`` for ``num_steps`` with ``tx`` (:func:`evaluation.training.make_run`); returns its
+  final (train, test) losses, each on one fresh batch."""
+  run = training.make_run(family.task(cfg), tx, num_steps, eval_every=num_steps, eval_splits=('train', 'test'),
+                          use_valid_loss=use_valid_loss)
+  _, final = run(key)
+  return final[0, 0], final[0, 1]
 
 
 def make_evaluator(architecture: LearnedOptimizer, families: Sequence[TaskFamily], *, num_tasks: int,

@@ -3,14 +3,14 @@
 Examples::
 
     # The shipped hierarchical RNN (lopt.hierarchical_rnn()) on the whole held-out suite, 500 steps, 3 seeds:
-    python -m meta_train.harness_cli --out runs/eval_hrnn
+    python -m evaluation --out runs/eval_hrnn
 
     # Evaluate again later without re-running the baselines (they are stored in the cache directory):
-    python -m meta_train.harness_cli --optimizer mine=runs/mine/final.npz --baseline-cache ~/.cache/lopt_baselines \\
+    python -m evaluation --optimizer mine=runs/mine/final.npz --baseline-cache ~/.cache/lopt_baselines \\
         --out runs/eval_mine
 
     # Any lopt.save file (e.g. a meta-training run's final.npz) against Adam only, on two tasks:
-    python -m meta_train.harness_cli --optimizer mine=runs/quickstart/final.npz \\
+    python -m evaluation --optimizer mine=runs/quickstart/final.npz \\
         --baselines adam_tuned,adam_1e-3 --tasks digits_mlp,rosenbrock_10d --out runs/eval_mine
 
 ``--optimizer`` (repeatable) takes ``NAME=FILE.npz`` (a :func:`lopt.save` file), ``FILE.npz``, or a built-in
@@ -28,8 +28,8 @@ import sys
 
 import jax
 
-from meta_train import harness
-from meta_train import heldout
+from evaluation import harness
+from evaluation import heldout
 
 
 def _candidate(spec: str) -> tuple[str, harness.OptimizerSpec]:
@@ -56,7 +56,7 @@ def _candidate(spec: str) -> tuple[str, harness.OptimizerSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m meta_train.harness_cli',
+  parser = argparse.ArgumentParser(prog='python -m evaluation',
                                    description=__doc__.split('\n\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--optimizer', action='append', default=None,

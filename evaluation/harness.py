@@ -19,15 +19,16 @@ Baselines (:func:`default_baselines`): Adam, RMSProp and SGD with momentum 0.9, 
 learning-rate grid (the lowest final training loss wins; diverged runs count as infinite loss); Adam at its default
 1e-3; optax's tuning-free optimizers prodigy, DoG, D-Adaptation AdamW and schedule-free AdamW.
 
-Every run is one jitted ``lax.scan`` vmapped over seeds, and a tuned baseline is vmapped over its learning-rate
-grid too (through ``optax.inject_hyperparams``), so each (task, optimizer family) compiles once.
+Every run is one jitted ``lax.scan`` (the loop of :mod:`evaluation.training`) vmapped over seeds, and a tuned
+baseline is vmapped over its learning-rate grid too (through ``optax.inject_hyperparams``), so each (task, optimizer
+family) compiles once.
 
 **Baseline cache.** Baselines are most of the cost (the held-out suite's tuned baselines take ~20 CPU-minutes) and
 do not change while a learned optimizer is being developed. ``evaluate(..., cache_dir=DIR)`` stores each baseline's
-curves in ``DIR`` and reuses them when the same baseline (by name), learning-rate grid, task, budget, seeds, key and
-jax/optax versions come again. A task is recognised by its name, parameter count and its loss at a fixed
-initialisation and batch (a fingerprint), so a changed task under an old name misses the cache instead of reusing
-wrong numbers.
+curves in ``DIR`` and reuses them when the same baseline (by name), learning-rate grid, task, budget, seeds, key,
+jax/optax versions and inner training loop (:data:`evaluation.training.LOOP_VERSION`) come again. A task is
+recognised by its name, parameter count and its loss at a fixed initialisation and batch (a fingerprint), so a
+changed task under an old name misses the cache instead of reusing wrong numbers.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import numpy as np
 import optax
 import optax.contrib
 
+from evaluation import training
 from tasks.base import Task
 
 #: The default learning-rate grid of tuned baselines: 1e-5 .. 1 in factors of sqrt(10) (11 values).
@@ -120,46 +122,17 @@ def final_loss(train_loss: np.ndarray) -> float:
   return value if math.isfinite(value) else math.inf
 
 
-def _with_extra_args(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-  if isinstance(tx, optax.GradientTransformationExtraArgs):
-    return tx
-  return optax.with_extra_args_support(tx)
-
-
 def _train_curves(task: Task, tx: optax.GradientTransformation, num_steps: int, eval_every: int,
                   with_test: bool, eval_params: Callable | None, num_test_batches: int = 4):
-  """Builds ``run(key) -> (train_loss[steps], test_loss[evals])`` for one seed; pure, to be vmapped and jitted."""
-  tx = _with_extra_args(tx)
-  num_evals = num_steps // eval_every
+  """``run(key) -> (train_loss[steps], test_loss[evals])`` for one seed (:func:`evaluation.training.make_run`);
+  a task without a test split is evaluated on fresh training batches."""
+  run = training.make_run(task, tx, num_steps, eval_every, ('test' if with_test else 'train',),
+                          eval_params=eval_params, num_eval_batches=num_test_batches)
 
-  def test_loss(params, opt_state, key):
-    if eval_params is not None:
-      params = eval_params(opt_state, params)
-    keys = jax.random.split(key, num_test_batches)
-    split = 'test' if with_test else 'train'
-    return jnp.mean(jax.vmap(lambda k: task.loss(params, k, task.batch(k, split)))(keys))
-
-  def one_step(carry, key):
-    params, opt_state = carry
-    batch_key, loss_key = jax.random.split(key)
-    batch = task.batch(batch_key, 'train')
-    loss, grads = jax.value_and_grad(task.loss)(params, loss_key, batch)
-    updates, opt_state = tx.update(grads, opt_state, params, value=loss)
-    return (optax.apply_updates(params, updates), opt_state), loss
-
-  def one_chunk(carry, key):
-    step_key, test_key = jax.random.split(key)
-    carry, losses = jax.lax.scan(one_step, carry, jax.random.split(step_key, eval_every))
-    return carry, (losses, test_loss(*carry, test_key))
-
-  def run(key):
-    init_key, run_key = jax.random.split(key)
-    params = task.init(init_key)
-    carry = (params, tx.init(params))
-    carry, (losses, tests) = jax.lax.scan(one_chunk, carry, jax.random.split(run_key, num_evals))
-    return losses.reshape(-1), tests
-
-  return run
+  def curves(key):
+    train_loss, eval_loss = run(key)
+    return train_loss, eval_loss[:, 0]
+  return curves
 
 
 def run_optimizer(task: Task, spec: OptimizerSpec, num_steps: int, seeds: int = 3, eval_every: int | None = None,
@@ -345,7 +318,7 @@ def _cache_path(cache_dir: str, entry: SuiteEntry, fingerprint: list, spec: Opti
               'optimizer': spec.name, 'lr_grid': list(spec.lr_grid or ()), 'num_steps': num_steps, 'seeds': seeds,
               'eval_every': eval_every, 'key': np.asarray(jax.random.key_data(key) if jnp.issubdtype(
                   key.dtype, jax.dtypes.prng_key) else key).tolist(),
-              'versions': [jax.__version__, optax.__version__]}
+              'versions': [jax.__version__, optax.__version__], 'loop_version': training.LOOP_VERSION}
   digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
   return os.path.join(cache_dir, f'{entry.name}.{spec.name}.{kind}.{digest}.npz')
 

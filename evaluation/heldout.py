@@ -25,7 +25,7 @@ Every synthetic task is one fixed instance drawn from its family with a fixed ke
 run of the suite) sees the same problem. The step budget defaults to :data:`DEFAULT_NUM_STEPS` = 500, 25 times the
 20-step truncations of ``configs/hrnn_shipped.toml`` (issue 5B asks for at least 10 times).
 
-Run it from the command line with ``python -m meta_train.harness`` (see :mod:`meta_train.harness`).
+Run it from the command line with ``python -m evaluation`` (see :mod:`evaluation.cli`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Sequence
 import jax
 
 import tasks
-from meta_train.harness import SuiteEntry
+from evaluation.harness import SuiteEntry
 
 #: Steps per held-out task: 25x the 20-step meta-training truncation.
 DEFAULT_NUM_STEPS = 500
@@ -85,7 +85,7 @@ def _build(name: str, data_dir: str | None) -> tuple[tasks.Task, bool]:
 
 def heldout_suite(names: Sequence[str] | None = None, num_steps: int = DEFAULT_NUM_STEPS,
                   data_dir: str | None = None) -> list[SuiteEntry]:
-  """The held-out suite (module docstring) as :class:`meta_train.harness.SuiteEntry` objects.
+  """The held-out suite (module docstring) as :class:`evaluation.harness.SuiteEntry` objects.
 
   Args:
     names: a subset of :data:`ALL_TASKS` (default: all of them).

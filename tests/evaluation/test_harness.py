@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from meta_train import harness
+from evaluation import harness
 from tasks.base import Task
 
 

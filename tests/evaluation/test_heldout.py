@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import tasks
-from meta_train import harness_cli
-from meta_train import heldout
+from evaluation import cli
+from evaluation import heldout
 
 SYNTHETIC = [n for n in heldout.ALL_TASKS if not n.startswith('fashion_mnist')]
 
@@ -75,7 +75,7 @@ def test_unknown_task_and_bad_budget_are_named():
 
 def test_cli_writes_report_files(tmp_path, capsys):
   out = tmp_path / 'eval'
-  code = harness_cli.main(['--optimizer', 'learnable_adam', '--tasks', 'ackley,noisy_quadratic_5', '--steps', '40',
+  code = cli.main(['--optimizer', 'learnable_adam', '--tasks', 'ackley,noisy_quadratic_5', '--steps', '40',
                            '--seeds', '1', '--baselines', 'adam_tuned,adam_1e-3', '--speedup-horizon', '1',
                            '--out', str(out)])
   assert code == 0
@@ -93,8 +93,8 @@ def test_cli_writes_report_files(tmp_path, capsys):
 
 def test_cli_rejects_bad_arguments(tmp_path):
   with pytest.raises(SystemExit):
-    harness_cli.main(['--baselines', 'adam_1e-3', '--out', str(tmp_path)])  # no tuned Adam reference
+    cli.main(['--baselines', 'adam_1e-3', '--out', str(tmp_path)])  # no tuned Adam reference
   with pytest.raises(SystemExit):
-    harness_cli.main(['--baselines', 'adam_tuned,adamw', '--out', str(tmp_path)])
+    cli.main(['--baselines', 'adam_tuned,adamw', '--out', str(tmp_path)])
   with pytest.raises(SystemExit):
-    harness_cli.main(['--optimizer', 'no_such_optimizer', '--out', str(tmp_path)])
+    cli.main(['--optimizer', 'no_such_optimizer', '--out', str(tmp_path)])
