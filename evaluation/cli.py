@@ -1,9 +1,13 @@
-"""Command line of the evaluation harness: learned optimizers against tuned baselines on the held-out suite.
+"""Command line of the evaluation harness: learned optimizers against tuned baselines on the test or validation suite.
 
 Examples::
 
-    # The shipped hierarchical RNN (lopt.hierarchical_rnn()) on the whole held-out suite, 500 steps, 3 seeds:
+    # The shipped hierarchical RNN (lopt.hierarchical_rnn()) on the whole test suite, 500 steps, 3 seeds:
     python -m evaluation --out runs/eval_hrnn
+
+    # Choosing between checkpoints: the validation suite (never the test suite), at both horizons:
+    python -m evaluation --suite validation --optimizer a=runs/x/a.npz --optimizer b=runs/x/b.npz --steps 2000 \\
+        --baseline-cache ~/.cache/lopt_baselines --out runs/val_2000
 
     # Evaluate again later without re-running the baselines (they are stored in the cache directory):
     python -m evaluation --optimizer mine=runs/mine/final.npz --baseline-cache ~/.cache/lopt_baselines \\
@@ -30,6 +34,10 @@ import jax
 
 from evaluation import harness
 from evaluation import heldout
+from evaluation import validation
+
+#: The suites by name: ``test`` only reports, ``validation`` makes decisions (docs/evaluation_protocol.md).
+SUITES = {'test': heldout, 'validation': validation}
 
 
 def _candidate(spec: str) -> tuple[str, harness.OptimizerSpec]:
@@ -56,19 +64,26 @@ def _candidate(spec: str) -> tuple[str, harness.OptimizerSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
+  epilog = '\n'.join(
+      [f'{name} suite tasks: {", ".join(module.ALL_TASKS)}' for name, module in SUITES.items()]
+      + [f'baselines: {", ".join(harness.default_baselines())}'])
   parser = argparse.ArgumentParser(prog='python -m evaluation',
-                                   description=__doc__.split('\n\n')[0],
+                                   description=__doc__.split('\n\n')[0], epilog=epilog,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--optimizer', action='append', default=None,
-                      help='NAME=FILE.npz, FILE.npz or an architecture name (repeatable; default hierarchical_rnn)')
-  parser.add_argument('--tasks', default=','.join(heldout.ALL_TASKS),
-                      help='comma-separated held-out task names (default: all)')
+                      help='NAME=FILE.npz, FILE.npz or an architecture name (repeatable; default: '
+                           'hierarchical_rnn, the shipped weights)')
+  parser.add_argument('--suite', choices=sorted(SUITES), default='test',
+                      help='test (reports only) or validation (for decisions) (default: test)')
+  parser.add_argument('--tasks', default=None,
+                      help="comma-separated task names of the suite (default: all of the suite's tasks, listed below)")
   parser.add_argument('--baselines', default=','.join(harness.default_baselines()),
-                      help='comma-separated baseline names (adam_tuned is required; default: all)')
-  parser.add_argument('--steps', type=int, default=heldout.DEFAULT_NUM_STEPS, help='step budget per task')
-  parser.add_argument('--seeds', type=int, default=3, help='seeds per task and optimizer')
+                      help='comma-separated baseline names (adam_tuned is required; default: all, listed below)')
+  parser.add_argument('--steps', type=int, default=heldout.DEFAULT_NUM_STEPS,
+                      help=f'step budget per task (default: {heldout.DEFAULT_NUM_STEPS})')
+  parser.add_argument('--seeds', type=int, default=3, help='seeds per task and optimizer (default: 3)')
   parser.add_argument('--speedup-horizon', type=float, default=4.0,
-                      help='tuned Adam runs this many times the budget to measure speedups above 1')
+                      help='tuned Adam runs this many times the budget to measure speedups above 1 (default: 4)')
   parser.add_argument('--out', required=True, help='output directory (created)')
   parser.add_argument('--baseline-cache', default=None, metavar='DIR',
                       help='store baseline results in DIR and reuse them on later runs with the same tasks, steps, '
@@ -86,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
   if 'adam_tuned' not in wanted:
     parser.error('--baselines must include adam_tuned (the reference of the speedup measure).')
   try:
-    suite = heldout.heldout_suite([t for t in args.tasks.split(',') if t], num_steps=args.steps)
+    module = SUITES[args.suite]
+    names = module.ALL_TASKS if args.tasks is None else [t for t in args.tasks.split(',') if t]
+    suite = (heldout.heldout_suite(names, num_steps=args.steps) if args.suite == 'test'
+             else validation.validation_suite(names, num_steps=args.steps))
   except ValueError as e:
     parser.error(str(e))
   try:

@@ -9,11 +9,19 @@ step, test loss every ``eval_every`` steps where the task has a test split), the
   being fast as well as ending low). Tasks whose loss can be non-positive report NaN here;
 * **speedup** (Metz et al. 2022, VeLO, Fig. 1): the number of steps per-task-tuned Adam needs to reach the
   optimizer's final loss, divided by the step budget. 2 means Adam needs twice the budget. Adam is run for
-  ``speedup_horizon`` times the budget, so speedups above that are reported as ``> speedup_horizon``;
+  ``speedup_horizon`` times the budget, so a speedup above that is *censored*: it is known only to be
+  ``>= speedup_horizon`` and is reported that way, never as a number;
+* **time to tuned Adam's loss**: wall-clock seconds, counting each optimizer's own measured step time, until the
+  smoothed training curve first reaches tuned Adam's final loss (censored, ``>= budget``, when it never does), next
+  to tuned Adam's own. A learned optimizer that needs fewer steps but costs more per step shows both;
 * **win/loss**: the optimizer wins against a baseline on a task when its final loss is lower.
 
-Across tasks: the win rate against each baseline and the interquartile mean (IQM, the mean of the middle 50%,
-robust to a few extreme tasks) of ``log10(final loss / tuned-Adam final loss)``; negative is better than tuned Adam.
+Across tasks: the win rate against each baseline, the interquartile mean (IQM, the mean of the middle 50%,
+robust to a few extreme tasks) of ``log10(final loss / tuned-Adam final loss)`` (negative is better than tuned Adam),
+and the median speedup *with its count of censored tasks*. Censored values sort above every measured one, so the
+median is exact while fewer than half the tasks are censored, and is reported as ``>= speedup_horizon`` otherwise
+(:func:`censored_median`). Every table names its metric and the number of seeds, and gives the spread over seeds
+(the standard deviation of the per-seed final losses).
 
 Baselines (:func:`default_baselines`): Adam, RMSProp and SGD with momentum 0.9, each tuned per task over a
 learning-rate grid (the lowest final training loss wins; diverged runs count as infinite loss); Adam at its default
@@ -39,6 +47,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from typing import Callable, Mapping, Sequence
 
 import jax
@@ -90,10 +99,18 @@ class RunResult:
   test_loss: np.ndarray | None    # [seeds, evals], or None when the task has no test split
   test_steps: np.ndarray          # [evals], the step index at which each test loss was measured
   learning_rate: float | None = None
+  step_seconds: float | None = None  # median wall-clock seconds of one training step (set by ``evaluate``)
 
   @property
   def final_loss(self) -> float:
     return final_loss(self.train_loss)
+
+  @property
+  def final_loss_std(self) -> float:
+    """Standard deviation over seeds of the per-seed final losses (the spread behind :attr:`final_loss`)."""
+    n = max(1, int(math.ceil(self.train_loss.shape[-1] * FINAL_FRACTION)))
+    per_seed = np.mean(self.train_loss[..., -n:], axis=-1)
+    return float(np.std(per_seed)) if np.all(np.isfinite(per_seed)) else math.inf
 
   @property
   def mean_log_loss(self) -> float:
@@ -195,6 +212,52 @@ def steps_to_reach(curve: np.ndarray, target: float, smoothing: int) -> int | No
   return int(hits[0]) + smoothing if hits.size else None
 
 
+def censored_median(values: Sequence[float | None], limit: float) -> tuple[float | None, int]:
+  """Median of values of which some are censored (``None``: known only to be ``>= limit``), and their count.
+
+  Every censored value lies at or above ``limit``, above every measured value (which are ``<= limit``), so sorting
+  puts them last. The median is exact when it falls among the measured values, i.e. when fewer than half are
+  censored; otherwise it is itself censored and returned as ``None`` (report ``>= limit``). No placeholder number
+  ever enters the median.
+  """
+  measured = sorted(float(v) for v in values if v is not None)
+  censored = sum(v is None for v in values)
+  n = len(measured) + censored
+  if n == 0:
+    return float('nan'), 0
+  middle = [(n - 1) // 2, n // 2]  # one index for odd n, the two central ones for even n
+  if middle[1] >= len(measured):
+    return None, censored
+  return float(np.mean([measured[i] for i in middle])), censored
+
+
+def measure_step_seconds(task: Task, tx: optax.GradientTransformation, repeats: int = 20,
+                         key: jax.Array | None = None) -> float:
+  """Median wall-clock seconds of one jitted training step (batch, loss and gradient, update, apply) of ``tx``
+  on ``task``, after compilation and a warm-up; what the time-to-loss measure multiplies steps by."""
+  tx = training.with_extra_args(tx)
+  key = jax.random.PRNGKey(0) if key is None else key
+
+  @jax.jit
+  def step(params, opt_state, key):
+    batch_key, loss_key = jax.random.split(key)
+    loss, grads = jax.value_and_grad(task.loss)(params, loss_key, task.batch(batch_key, 'train'))
+    updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  params = task.init(key)
+  carry = (params, tx.init(params))
+  for i in range(3):  # compile and warm up
+    carry = step(*carry, jax.random.fold_in(key, i))[:2]
+  jax.block_until_ready(carry)
+  times = []
+  for i in range(repeats):
+    start = time.perf_counter()
+    carry = jax.block_until_ready(step(*carry, jax.random.fold_in(key, 100 + i))[:2])
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
 def interquartile_mean(values: Sequence[float]) -> float:
   """Mean of the values between the 25th and 75th percentiles (Agarwal et al. 2021); NaN for no finite values."""
   x = np.sort(np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64))
@@ -208,7 +271,10 @@ def interquartile_mean(values: Sequence[float]) -> float:
 class TaskReport:
   entry: SuiteEntry
   results: dict[str, RunResult]     # optimizer name -> result
-  speedup: dict[str, float | None]  # optimizer name -> speedup vs tuned Adam (None: more than speedup_horizon)
+  speedup: dict[str, float | None]  # optimizer name -> speedup vs tuned Adam (None: censored, >= speedup_horizon)
+  # optimizer name (candidates and 'adam_tuned') -> seconds to reach tuned Adam's final loss (None: never within
+  # the budget, i.e. censored at budget x step time)
+  time_to_adam_loss: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -228,32 +294,65 @@ class Report:
               if 0 < t.results[reference].final_loss < math.inf and 0 < t.results[candidate].final_loss]
     return interquartile_mean(ratios)
 
+  @property
+  def num_seeds(self) -> int:
+    return int(self.tasks[0].results[self.candidates[0]].train_loss.shape[0]) if self.tasks else 0
+
+  def median_speedup(self, candidate: str) -> tuple[float | None, int]:
+    """:func:`censored_median` of the candidate's speedups over tasks (None: censored) and the censored count."""
+    return censored_median([t.speedup[candidate] for t in self.tasks], self.speedup_horizon)
+
   def markdown(self) -> str:
-    """The per-task table (final loss, with tuned learning rates) and the across-task summary."""
+    """The per-task tables (training loss with spread, test loss, time to tuned Adam's loss) and the summary."""
     names = list(self.candidates) + list(self.baselines)
-    lines = ['| task | steps | ' + ' | '.join(names) + ' |', '|' + '---|' * (len(names) + 2)]
+    seeds = self.num_seeds
+    lines = [f'Final training loss (mean over the last {FINAL_FRACTION:.0%} of steps), mean ± standard deviation '
+             f'over {seeds} seeds; tuned optimizers show their chosen learning rate.', '',
+             '| task | steps | ' + ' | '.join(names) + ' |', '|' + '---|' * (len(names) + 2)]
     for t in self.tasks:
       cells = []
       for n in names:
         r = t.results[n]
-        cell = f'{r.final_loss:.3g}' + (f' (lr {r.learning_rate:.0e})' if r.learning_rate is not None else '')
+        cell = f'{r.final_loss:.3g} ± {r.final_loss_std:.2g}'
+        cell += f' (lr {r.learning_rate:.0e})' if r.learning_rate is not None else ''
         cells.append(cell if r.finite else cell + ' ⚠ non-finite')
       lines.append(f'| {t.entry.name} | {t.entry.num_steps} | ' + ' | '.join(cells) + ' |')
-    lines += ['', '| candidate | speedup vs tuned Adam (median) | log10 loss ratio vs tuned Adam (IQM) | ' +
+    lines += ['', f'Summary over {len(self.tasks)} tasks ({seeds} seeds each). Speedup: steps tuned Adam needs to '
+              f'reach the candidate\'s final loss / budget, median over tasks; a task where Adam does not reach it '
+              f'within {self.speedup_horizon:g}x the budget is censored (>= {self.speedup_horizon:g}) and counted.',
+              '', '| candidate | speedup vs tuned Adam (median) | censored | log10 loss ratio vs tuned Adam (IQM) | ' +
               ' | '.join(f'wins vs {b}' for b in self.baselines) + ' |',
-              '|' + '---|' * (len(self.baselines) + 3)]
+              '|' + '---|' * (len(self.baselines) + 4)]
     for c in self.candidates:
-      speedups = [self.speedup_horizon * 1.0001 if t.speedup[c] is None else t.speedup[c] for t in self.tasks]
-      med = float(np.median(speedups)) if speedups else float('nan')
-      med_str = f'> {self.speedup_horizon:g}' if med > self.speedup_horizon else f'{med:.2f}'
+      med, censored = self.median_speedup(c)
+      med_str = f'>= {self.speedup_horizon:g}' if med is None else f'{med:.2f}'
       rates = ' | '.join(f'{100 * self.win_rate(c, b):.0f}%' for b in self.baselines)
-      lines.append(f'| {c} | {med_str} | {self.log_ratio_iqm(c):+.3f} | {rates} |')
+      lines.append(f'| {c} | {med_str} | {censored}/{len(self.tasks)} | {self.log_ratio_iqm(c):+.3f} | {rates} |')
+    timed = [t for t in self.tasks if t.time_to_adam_loss]
+    if timed:
+      timed_names = [n for n in list(self.candidates) + ['adam_tuned'] if n in timed[0].time_to_adam_loss]
+      lines += ['', 'Wall-clock seconds to reach tuned Adam\'s final loss (steps on the seed-mean curve x the '
+                'optimizer\'s median step time on this machine; ">=" marks a censored value: not reached within the '
+                'budget), and the step time in milliseconds:', '',
+                '| task | ' + ' | '.join(timed_names) + ' |', '|' + '---|' * (len(timed_names) + 1)]
+      for t in timed:
+        cells = []
+        for n in timed_names:
+          r, seconds = t.results[n], t.time_to_adam_loss[n]
+          step_ms = 1e3 * r.step_seconds
+          value = (f'>= {t.entry.num_steps * r.step_seconds:.2f}' if seconds is None else f'{seconds:.2f}')
+          cells.append(f'{value} s ({step_ms:.2f} ms/step)')
+        lines.append(f'| {t.entry.name} | ' + ' | '.join(cells) + ' |')
     with_test = [t for t in self.tasks if t.entry.has_test_split]
     if with_test:
-      lines += ['', 'Final test loss (mean over seeds of the last measurement):', '',
-                '| task | ' + ' | '.join(names) + ' |', '|' + '---|' * (len(names) + 1)]
+      lines += ['', f'Final test loss (the last measurement, {seeds} seeds), mean ± standard deviation over seeds:',
+                '', '| task | ' + ' | '.join(names) + ' |', '|' + '---|' * (len(names) + 1)]
       for t in with_test:
-        lines.append(f'| {t.entry.name} | ' + ' | '.join(f'{t.results[n].final_test_loss:.3g}' for n in names) + ' |')
+        cells = []
+        for n in names:
+          last = t.results[n].test_loss[..., -1]
+          cells.append(f'{t.results[n].final_test_loss:.3g} ± {float(np.std(last)):.2g}')
+        lines.append(f'| {t.entry.name} | ' + ' | '.join(cells) + ' |')
     unstable = [(t.entry.name, c) for t in self.tasks for c in self.candidates if not t.results[c].finite]
     lines += ['', 'Non-finite losses: ' + (', '.join(f'{c} on {n}' for n, c in unstable) if unstable else 'none.')]
     return '\n'.join(lines)
@@ -266,15 +365,20 @@ class Report:
     for t in self.tasks:
       results = {}
       for name, r in t.results.items():
-        results[name] = {'final_loss': number(r.final_loss), 'mean_log_loss': number(r.mean_log_loss),
+        results[name] = {'final_loss': number(r.final_loss), 'final_loss_std_over_seeds': number(r.final_loss_std),
+                         'mean_log_loss': number(r.mean_log_loss),
                          'final_test_loss': number(r.final_test_loss), 'learning_rate': r.learning_rate,
-                         'finite': r.finite}
+                         'step_seconds': r.step_seconds, 'finite': r.finite}
+      # None = censored: speedup >= speedup_horizon; time = not reached within the budget.
       tasks.append({'name': t.entry.name, 'num_steps': t.entry.num_steps, 'results': results,
-                    'speedup_vs_adam_tuned': {c: number(v) for c, v in t.speedup.items()}})
+                    'speedup_vs_adam_tuned': {c: number(v) for c, v in t.speedup.items()},
+                    'seconds_to_adam_tuned_final_loss': {c: number(v) for c, v in t.time_to_adam_loss.items()}})
     summary = {c: {'log10_ratio_iqm_vs_adam_tuned': number(self.log_ratio_iqm(c)),
+                   'median_speedup_vs_adam_tuned': number(self.median_speedup(c)[0]),
+                   'speedup_censored_tasks': self.median_speedup(c)[1],
                    'win_rate': {b: self.win_rate(c, b) for b in self.baselines},
                    'all_finite': all(t.results[c].finite for t in self.tasks)} for c in self.candidates}
-    return {'candidates': list(self.candidates), 'baselines': list(self.baselines),
+    return {'candidates': list(self.candidates), 'baselines': list(self.baselines), 'seeds': self.num_seeds,
             'speedup_horizon': self.speedup_horizon, 'tasks': tasks, 'summary': summary}
 
   def plot(self, out_dir: str) -> list[str]:
@@ -347,11 +451,13 @@ def _cached_run(cache_dir: str | None, path_args: tuple, run: Callable[[], RunRe
 def evaluate(candidates: Mapping[str, OptimizerSpec], suite: Sequence[SuiteEntry],
              baselines: Mapping[str, OptimizerSpec] | None = None, seeds: int = 3,
              speedup_horizon: float = 1.0, key: jax.Array | None = None, progress: bool = True,
-             cache_dir: str | None = None) -> Report:
+             cache_dir: str | None = None, measure_time: bool = True) -> Report:
   """Runs every candidate and baseline on every suite task and compares them (see the module docstring).
 
   ``baselines`` must include ``'adam_tuned'`` (the speedup reference); :func:`default_baselines` does.
   ``cache_dir``: where baseline results are stored and reused (module docstring); None runs everything.
+  ``measure_time``: measure each candidate's and tuned Adam's step time on this machine (never cached: it belongs
+  to the machine) and report the wall-clock time to reach tuned Adam's final loss.
   """
   from tqdm.auto import tqdm
   baselines = dict(default_baselines() if baselines is None else baselines)
@@ -397,5 +503,14 @@ def evaluate(candidates: Mapping[str, OptimizerSpec], suite: Sequence[SuiteEntry
       for name in candidates:
         steps = steps_to_reach(reference, results[name].final_loss, smoothing)
         speedup[name] = None if steps is None else steps / entry.num_steps
-      reports.append(TaskReport(entry, results, speedup))
+      time_to_adam_loss = {}
+      if measure_time:
+        target = adam.final_loss
+        for name in list(candidates) + ['adam_tuned']:
+          spec, result = specs[name], results[name]
+          tx = spec.make(result.learning_rate) if spec.lr_grid is not None else spec.make()
+          result.step_seconds = measure_step_seconds(entry.task, tx, key=key)
+          steps = steps_to_reach(np.mean(result.train_loss, axis=0), target, smoothing)
+          time_to_adam_loss[name] = None if steps is None else steps * result.step_seconds
+      reports.append(TaskReport(entry, results, speedup, time_to_adam_loss))
   return Report(reports, tuple(candidates), tuple(baselines), speedup_horizon)

@@ -1,4 +1,7 @@
-"""The held-out evaluation suite: tasks the shipped learned optimizers never saw during meta-training.
+"""The test suite ("held-out"): tasks that only report. Nothing in it ever chooses a checkpoint, recipe or variant.
+
+Decisions are made on the validation suite (:mod:`evaluation.validation`); ``docs/evaluation_protocol.md`` lists
+the meta-training, validation and test sets side by side, and a test checks that they share no task or dataset.
 
 The shipped hierarchical RNN is meta-trained on :func:`tasks.hrnn_training_set` (15 problems of the Wichrowska et
 al. 2017 set: quadratics of 20 to 100 dimensions, 2-D bowls, Beale and Booth, softmax regression and small sigmoid
@@ -10,6 +13,12 @@ generated data (:mod:`tasks.synthetic_images` and ReLU-teacher labels; no Fashio
 ``fashion_mnist_mlp``              784-128-10 ReLU MLP on Fashion-MNIST, batch 128 (101,770 parameters)
 ``fashion_mnist_conv``             3-layer ReLU ConvNet (8, 16, 16 channels) on Fashion-MNIST, batch 64
 ``digits_mlp``                     64-32-10 ReLU MLP on scikit-learn's 8x8 digits, batch 64
+``fashion_mnist_mlp_512x512``      784-512-512-10 ReLU MLP on Fashion-MNIST, batch 128 (a wide net)
+``digits_mlp_512x512``             64-512-512-10 ReLU MLP on digits, batch 128 (a wide net)
+``digits_mlp_tanh``                64-64-10 tanh MLP on digits, batch 64
+``fashion_mnist_autoencoder``      784-128-32-128-784 ReLU autoencoder of Fashion-MNIST, batch 128
+``breast_cancer_mlp``              30-32-2 ReLU classifier on scikit-learn's breast-cancer table, batch 32
+``friedman1_mlp``                  10-64-64-1 ReLU regression on Friedman #1 (generated table), batch 32
 ``rosenbrock_10d``                 the chained 10-dimensional Rosenbrock function
 ``noisy_quadratic_5``              ½‖Wx − y‖² in 5 dimensions (below the training range), gradient noise 0.1
 ``noisy_quadratic_500``            the same in 500 dimensions (above it), gradient noise 1.0
@@ -36,6 +45,7 @@ import jax
 
 import tasks
 from evaluation.harness import SuiteEntry
+from tasks import autoencoder, tabular
 
 #: Steps per held-out task: 25x the 20-step meta-training truncation.
 DEFAULT_NUM_STEPS = 500
@@ -48,8 +58,12 @@ WICHROWSKA_HELDOUT = ('quadratic_2048', 'matmul_3_k21', 'norm_25_p2', 'logsumexp
                       'sum_norm18p3_quadratic25_rosenbrock')
 
 #: Every task name of the full suite, in order.
-ALL_TASKS = ('fashion_mnist_mlp', 'fashion_mnist_conv', 'digits_mlp', 'rosenbrock_10d', 'noisy_quadratic_5',
-             'noisy_quadratic_500') + WICHROWSKA_HELDOUT
+ALL_TASKS = ('fashion_mnist_mlp', 'fashion_mnist_conv', 'digits_mlp', 'fashion_mnist_mlp_512x512',
+             'digits_mlp_512x512', 'digits_mlp_tanh', 'fashion_mnist_autoencoder', 'breast_cancer_mlp',
+             'friedman1_mlp', 'rosenbrock_10d', 'noisy_quadratic_5', 'noisy_quadratic_500') + WICHROWSKA_HELDOUT
+
+#: The datasets the suite's networks train on (``docs/evaluation_protocol.md``; a test checks the disjointness).
+DATASETS = ('fashion_mnist', 'digits', 'breast_cancer', 'friedman1')
 
 
 def _instance(family: tasks.TaskFamily) -> tasks.Task:
@@ -72,6 +86,19 @@ def _build(name: str, data_dir: str | None) -> tuple[tasks.Task, bool]:
     return tasks.conv_task('fashion_mnist', (8, 16, 16), 'relu', batch_size=64, data_dir=data_dir), True
   if name == 'digits_mlp':
     return tasks.mlp_task('digits', (32,), 'relu', batch_size=64), True
+  if name == 'fashion_mnist_mlp_512x512':
+    return tasks.mlp_task('fashion_mnist', (512, 512), 'relu', batch_size=128, data_dir=data_dir), True
+  if name == 'digits_mlp_512x512':
+    return tasks.mlp_task('digits', (512, 512), 'relu', batch_size=128), True
+  if name == 'digits_mlp_tanh':
+    return tasks.mlp_task('digits', (64,), 'tanh', batch_size=64), True
+  if name == 'fashion_mnist_autoencoder':
+    dataset = tasks.load_dataset('fashion_mnist', data_dir)
+    return autoencoder.AutoencoderTask(dataset, (128, 32, 128), 'relu', batch_size=128), True
+  if name == 'breast_cancer_mlp':
+    return tabular.TabularMLPTask('breast_cancer', (32,), 'relu', batch_size=32), True
+  if name == 'friedman1_mlp':
+    return tabular.TabularMLPTask('friedman1', (64, 64), 'relu', batch_size=32), True
   if name == 'rosenbrock_10d':
     return tasks.RosenbrockND(10), False
   if name == 'noisy_quadratic_5':

@@ -9,7 +9,13 @@ name              rows      features  target                      loss
 ``breast_cancer`` 569       30        2 (malignant / benign)      softmax cross-entropy
 ``iris``          150       4         3 species                   softmax cross-entropy
 ``diabetes``      442       10        disease progression         mean squared error of the standardised target
+``friedman1``     1000      10        Friedman #1 (generated)     mean squared error of the standardised target
 ================  ========  ========  ==========================  ==========================================
+
+``friedman1`` is the one generated table: Friedman's (1991) regression benchmark
+``y = 10 sin(pi x1 x2) + 20 (x3 - 0.5)^2 + 10 x4 + 5 x5 + N(0, 1)`` on ``x ~ U[0, 1]^10`` (five inputs are noise),
+drawn once by ``sklearn.datasets.make_friedman1(1000, noise=1.0, random_state=0)``, so it is the same table on
+every machine with the same scikit-learn.
 
 Splits: a fixed shuffle (numpy ``RandomState(0)``, frozen by NEP 19) of the rows, then 60% train, 10% inner
 validation, 10% outer validation and 20% test, consecutive. Features (and the regression target) are standardised
@@ -40,7 +46,10 @@ SPLIT_FRACTIONS = {'train': 0.6, 'inner_valid': 0.1, 'outer_valid': 0.1, 'test':
 
 #: Dataset name -> (scikit-learn loader name, number of classes; 0 for a regression).
 DATASETS = {'wine': ('load_wine', 3), 'breast_cancer': ('load_breast_cancer', 2), 'iris': ('load_iris', 3),
-            'diabetes': ('load_diabetes', 0)}
+            'diabetes': ('load_diabetes', 0), 'friedman1': ('make_friedman1', 0)}
+
+#: Arguments of the generated tables' scikit-learn functions.
+_GENERATOR_ARGS = {'make_friedman1': {'n_samples': 1000, 'noise': 1.0, 'random_state': 0}}
 
 
 class TabularSplit(NamedTuple):
@@ -60,9 +69,13 @@ def load_tabular(name: str) -> dict[str, TabularSplit]:
     raise ValueError(f'unknown tabular dataset {name!r}; use one of {sorted(DATASETS)}.')
   from sklearn import datasets as sklearn_datasets  # Lazy: only these loaders need scikit-learn.
   loader, num_classes = DATASETS[name]
-  bunch = getattr(sklearn_datasets, loader)()
-  order = np.random.RandomState(0).permutation(len(bunch.target))
-  features, targets = bunch.data[order].astype(np.float64), bunch.target[order]
+  if loader in _GENERATOR_ARGS:
+    data, target = getattr(sklearn_datasets, loader)(**_GENERATOR_ARGS[loader])
+  else:
+    bunch = getattr(sklearn_datasets, loader)()
+    data, target = bunch.data, bunch.target
+  order = np.random.RandomState(0).permutation(len(target))
+  features, targets = data[order].astype(np.float64), target[order]
   bounds = np.cumsum([0] + [int(round(f * len(order))) for f in SPLIT_FRACTIONS.values()])
   bounds[-1] = len(order)
   rows = {split: slice(bounds[i], bounds[i + 1]) for i, split in enumerate(SPLITS)}

@@ -1,0 +1,102 @@
+"""Robustness checks: what every shipped optimizer must do on every task and seed, whatever else it does.
+
+For a training run of ``num_steps`` steps with per-step training losses ``f_0, f_1, ...`` (``f_0`` at the initial
+parameters), a run *passes* when all three hold:
+
+1. **finite**: every ``f_t`` is finite, over ``horizon_multiple`` (default 10) times the task's step budget;
+2. **descends early**: the mean of ``f_t`` over the window of :data:`EARLY_WINDOW` steps ending at step
+   :data:`EARLY_STEP` (100) is below ``f_0`` (a window because minibatch losses are noisy; the window is short
+   enough that a run that has not descended by step 100 cannot pass on later progress);
+3. **never blows up**: every ``f_t <= 2 f_0`` (raw per-step losses, no smoothing: a single spike counts).
+
+``f_0`` must be positive for 2 and 3 to mean anything; every network task of the suites has a positive loss. Tasks
+whose initial loss is <= 0 report the checks as not applicable (``None``) rather than passing them silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+
+from evaluation.harness import OptimizerSpec, SuiteEntry, run_optimizer
+
+#: The step by which the loss must be below its initial value.
+EARLY_STEP = 100
+#: Steps averaged up to :data:`EARLY_STEP` for the "descends early" check.
+EARLY_WINDOW = 10
+#: The loss may never exceed this multiple of its initial value.
+BLOWUP_FACTOR = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedCheck:
+  """The three checks for one task and seed (``None``: not applicable, the initial loss is <= 0)."""
+  initial_loss: float
+  finite: bool
+  descends_early: bool | None
+  never_above_twice_initial: bool | None
+  max_ratio: float  # max_t f_t / f_0 (inf when a loss is non-finite)
+
+  @property
+  def passed(self) -> bool:
+    return self.finite and self.descends_early is not False and self.never_above_twice_initial is not False
+
+
+def check_curve(train_loss: np.ndarray) -> SeedCheck:
+  """The checks of the module docstring on one seed's per-step training losses ``[steps]``."""
+  losses = np.asarray(train_loss, np.float64)
+  if losses.size <= EARLY_STEP:
+    raise ValueError(f'a robustness check needs more than {EARLY_STEP} steps, got {losses.size}.')
+  initial = float(losses[0])
+  finite = bool(np.all(np.isfinite(losses)))
+  if not initial > 0:
+    return SeedCheck(initial, finite, None, None, math.nan)
+  early = float(np.mean(losses[EARLY_STEP - EARLY_WINDOW + 1:EARLY_STEP + 1]))
+  peak = float(np.max(losses)) if finite else math.inf
+  return SeedCheck(initial, finite, bool(early < initial), bool(peak <= BLOWUP_FACTOR * initial), peak / initial)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskCheck:
+  name: str
+  num_steps: int
+  seeds: tuple[SeedCheck, ...]
+
+  @property
+  def passed(self) -> bool:
+    return all(s.passed for s in self.seeds)
+
+
+def check_robustness(spec: OptimizerSpec, suite: Sequence[SuiteEntry], seeds: int = 3,
+                     horizon_multiple: float = 10.0, progress: bool = True) -> list[TaskCheck]:
+  """Runs ``spec`` on every task of ``suite`` for ``horizon_multiple`` times its budget and checks every seed."""
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  checks = []
+  for entry in tqdm(suite, desc=f'robustness of {spec.name}', disable=not progress):
+    num_steps = int(round(entry.num_steps * horizon_multiple))
+    eval_every = max(1, num_steps // 10)
+    num_steps -= num_steps % eval_every
+    result = run_optimizer(entry.task, spec, num_steps, seeds=seeds, eval_every=eval_every, with_test=False)
+    checks.append(TaskCheck(entry.name, num_steps, tuple(check_curve(curve) for curve in result.train_loss)))
+  return checks
+
+
+def markdown(checks: Sequence[TaskCheck]) -> str:
+  """One row per task: pass/fail, the steps run, and the worst seed's numbers."""
+  lines = ['| task | steps | passed | finite | below f_0 by step 100 | max f_t / f_0 (worst seed) |',
+           '|---|---|---|---|---|---|']
+
+  def cell(values):
+    if any(v is None for v in values):
+      return 'n/a'
+    return f'{sum(values)}/{len(values)}'
+
+  for check in checks:
+    seeds = check.seeds
+    worst = max(s.max_ratio for s in seeds)
+    lines.append(f'| {check.name} | {check.num_steps} | {"yes" if check.passed else "**no**"} | '
+                 f'{cell([s.finite for s in seeds])} | {cell([s.descends_early for s in seeds])} | {worst:.3g} |')
+  return '\n'.join(lines)
