@@ -14,8 +14,8 @@ import jax
 import optax
 
 from lopt import base, serialization
-from lopt.hierarchical_rnn import HierarchicalRNN
-from lopt.mlp_lopt import MLPLOpt
+from lopt.architectures.hierarchical_rnn import HierarchicalRNN
+from lopt.architectures.mlp_lopt import MLPLOpt
 
 WEIGHTS_DIR = pathlib.Path(__file__).parent / 'weights'
 

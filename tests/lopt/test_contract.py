@@ -13,6 +13,7 @@ compile dedicated programs.
 from __future__ import annotations
 
 import functools
+import pkgutil
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,8 @@ import optax
 import pytest
 from flax import nnx
 
+import lopt
+import lopt.architectures
 from lopt.architectures import BUILTIN_ARCHITECTURES, get_architecture
 
 ARCHITECTURES = [cls() for _, cls in sorted(BUILTIN_ARCHITECTURES.items())]
@@ -119,9 +122,17 @@ def _all_finite(tree):
 
 
 def test_builtin_architectures_is_an_immutable_mapping_by_name():
-  assert len(ARCHITECTURES) == 6
+  # One module per architecture, named after it: the mapping is exactly the package's public modules (no count to
+  # edit when one is added), and it still holds the six of the first release.
+  modules = {m.name for m in pkgutil.iter_modules(lopt.architectures.__path__) if not m.name.startswith('_')}
+  assert set(BUILTIN_ARCHITECTURES) == modules
+  assert {'hierarchical_rnn', 'mlp_lopt', 'rnn_mlp_lopt', 'coordinatewise_lstm', 'learnable_adam',
+          'learnable_sgdm'} <= modules
   for name, cls in BUILTIN_ARCHITECTURES.items():
     assert cls.name == name and get_architecture(name) is cls
+    assert cls.__module__ == f'lopt.architectures.{name}'
+    assert getattr(lopt, cls.__name__, None) is cls and cls.__name__ in lopt.__all__, (
+        f'export it: add `from lopt.architectures.{name} import {cls.__name__}` to lopt/__init__.py')
   with pytest.raises(TypeError):
     BUILTIN_ARCHITECTURES['mine'] = object  # type: ignore[index]
   with pytest.raises(ValueError, match=r"Unknown architecture 'hrnn'; valid names: \['coordinatewise_lstm', "):

@@ -20,7 +20,7 @@ import pytest
 
 import hrnn_numpy_reference as ref  # tests/lopt is on sys.path (pytest's rootdir-relative import of test modules)
 from lopt import gru
-from lopt.hierarchical_rnn import HierarchicalRNN, HierarchicalRNNState
+from lopt.architectures.hierarchical_rnn import HierarchicalRNN, HierarchicalRNNState
 
 SHAPES = {'b': (5,), 's': (), 'w': (3, 4)}  # jax.tree.leaves order: b, s, w (sorted keys)
 NUM_PARAMS = 5 + 1 + 12

@@ -66,3 +66,16 @@ def test_factory_output_is_an_optax_transformation_that_chains():
   opt = optax.chain(optax.clip_by_global_norm(1.0), lopt.hierarchical_rnn())
   updates = _updates(opt, PARAMS)
   assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+def test_factory_names_are_only_the_factories_and_the_modules_live_in_lopt_architectures():
+  # One name, one thing: lopt.hierarchical_rnn is the factory function and no module of lopt shares its name (the
+  # module is lopt.architectures.hierarchical_rnn), so `import lopt.mlp_lopt` no longer silently yields a function.
+  import importlib
+  import pkgutil
+  top_level = {m.name for m in pkgutil.iter_modules(lopt.__path__)}
+  for name in ('hierarchical_rnn', 'mlp_lopt'):
+    factory = getattr(lopt, name)
+    assert callable(factory) and factory.__module__ == 'lopt.pretrained'
+    assert name not in top_level
+    assert importlib.import_module(f'lopt.architectures.{name}').__file__.endswith(f'lopt/architectures/{name}.py')

@@ -5,7 +5,7 @@ The update of ``optax.sgd(learning_rate, momentum)`` (heavy-ball momentum, optax
   t <- g + mu t;   update = -lr t
 
 Meta-parameters (float32 scalars): ``log_learning_rate`` = log lr and ``logit_momentum`` = logit mu, initialised from
-the fields ``learning_rate`` and ``momentum``. As in :mod:`lopt.learnable_adam`, decoding is anchored at those
+the fields ``learning_rate`` and ``momentum``. As in :mod:`lopt.architectures.learnable_adam`, decoding is anchored at those
 initial values (``lr = lr_0 exp(x - x_0)``, ``mu = mu_0 / (mu_0 + (1 - mu_0) exp(-(x - x_0)))``), which is exactly
 ``exp`` and ``sigmoid`` of the meta-parameter but reproduces ``optax.sgd(learning_rate, momentum)`` bit for bit at
 initialisation (float32 ``exp(float32(log 0.1))`` is ``0.099999994``, not ``float32(0.1)``).
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt import base
-from lopt.learnable_adam import logit, anchored_exp, anchored_sigmoid
+from lopt.architectures.learnable_adam import logit, anchored_exp, anchored_sigmoid
 
 
 class LearnableSGDMState(NamedTuple):
