@@ -18,9 +18,13 @@ The transformation follows optax's calling convention::
 ``valid_value=``. Unknown keyword arguments are ignored, so the transformation composes in ``optax.chain`` with
 transformations that need other extra arguments.
 
-Input rules shared by every architecture (enforced by :func:`check_inputs`):
+Input rules shared by every architecture (enforced by :func:`check_inputs` and :func:`check_state`, which
+:func:`transformation` runs around every architecture's ``init`` and ``update``):
 
 * ``params`` is required: learned optimizers read the parameters as features.
+* ``init(params)`` and ``update`` apply the same rules to ``params`` (an integer leaf fails at ``init``, not later).
+* ``state`` must be what ``init`` makes for these params: a state made for another parameter tree raises a
+  ``ValueError`` saying what it was made for (rather than a broadcasting error deep inside the step).
 * ``grads`` and ``params`` must have the same tree structure and leaf shapes.
 * Every parameter leaf must be floating point. Integer or bool leaves raise ``TypeError``; exclude them with
   ``optax.masked`` or ``optax.partition``.
@@ -113,6 +117,108 @@ def check_inputs(grads: Params, params: Params | None, optimizer_name: str) -> N
       raise ValueError(
           f'{optimizer_name}: gradient {_path_str(path)} has shape {jnp.shape(g)} but the parameter has shape '
           f'{jnp.shape(p)}.')
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def _signature_key(params) -> tuple:
+  leaves, treedef = jax.tree.flatten(params)
+  return treedef, tuple((tuple(jnp.shape(x)), str(jnp.result_type(x))) for x in leaves)
+
+
+def _probe_params(num_params: int, num_tensors: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """A tree of ``num_tensors`` float32 vectors with ``num_params`` elements in all (the first holds the surplus)."""
+  sizes = [num_params - num_tensors + 1] + [1] * (num_tensors - 1)
+  return {f'p{i}': jax.ShapeDtypeStruct((n,), jnp.float32) for i, n in enumerate(sizes)}
+
+
+def _made_for(init_fn, state) -> tuple[int | None, int | None]:
+  """``(parameters, tensors)`` that a flat-layout ``state`` was made for; None for what cannot be read off.
+
+  Flat-layout states (per-parameter arrays over all N elements, per-tensor arrays over the T leaves) have dimensions
+  affine in (N, T) whatever the tree's shape: three probe trees give the coefficients, and the state's dimensions
+  are solved for N and T (T is unknown when no array is per tensor). Tree-shaped states (``optax.adam``-like, one
+  array per leaf) change structure with the tree and give ``(None, None)``.
+  """
+  probes = [(1, 1), (2, 1), (2, 2)]
+  shapes = []
+  for n, t in probes:
+    probe_state = jax.eval_shape(init_fn, _probe_params(n, t))
+    if jax.tree.structure(probe_state) != jax.tree.structure(state):
+      return None, None
+    shapes.append([tuple(x.shape) for x in jax.tree.leaves(probe_state)])
+  got = [tuple(jnp.shape(x)) for x in jax.tree.leaves(state)]
+  if any(len(g) != len(s) for g, s in zip(got, shapes[0])):
+    return None, None
+  n = t = None
+  for g, s11, s21, s22 in zip(got, *shapes):
+    for d, a, b, c in zip(g, s11, s21, s22):
+      per_param, per_tensor = b - a, c - b
+      offset = a - per_param - per_tensor
+      if per_param and not per_tensor:
+        n = (d - offset) // per_param
+      elif per_tensor and not per_param:
+        t = (d - offset) // per_tensor
+  return n, t
+
+
+def check_state(state, params: Params, init_fn, optimizer_name: str, cache: dict | None = None) -> None:
+  """Raises if ``state`` is not shaped like ``init_fn(params)``; the message says what the state was made for.
+
+  Compares tree structure and leaf shapes with ``jax.eval_shape(init_fn, params)`` (no arrays are made; trace time
+  only under ``jit``). ``cache`` (a dict kept by the transformation) memoises the expected shapes per parameter
+  signature, so eager steps do not re-trace ``init``.
+  """
+  key = _signature_key(params)
+  expected = cache.get(key) if cache is not None else None
+  if expected is None:
+    expected = jax.eval_shape(init_fn, _abstract(params))
+    if cache is not None:
+      cache[key] = expected
+  fix = 'Call tx.init(params) with these params (one state per parameter tree).'
+  if type(state) is not type(expected):
+    raise TypeError(f'{optimizer_name}: the state is a {type(state).__name__}, but tx.init makes a '
+                    f'{type(expected).__name__}; pass the state that this transformation\'s init returned.')
+  leaves = jax.tree.leaves(params)
+  num_params, num_tensors = sum(math.prod(jnp.shape(x)) for x in leaves), len(leaves)
+  if jax.tree.structure(state) != jax.tree.structure(expected):
+    raise ValueError(f'{optimizer_name}: the state was made for another parameter tree (its structure is '
+                     f'{jax.tree.structure(state)}, these params need {jax.tree.structure(expected)}). {fix}')
+  for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(state)[0], jax.tree.leaves(expected)):
+    if tuple(jnp.shape(got)) != tuple(want.shape):
+      n, t = _made_for(init_fn, state)
+      if n is not None and t is not None:
+        raise ValueError(f'{optimizer_name}: the state was made for {n} parameters in {t} tensors but params have '
+                         f'{num_params} in {num_tensors}. {fix}')
+      if n is not None:
+        raise ValueError(f'{optimizer_name}: the state was made for {n} parameters but params have {num_params}. '
+                         f'{fix}')
+      raise ValueError(f'{optimizer_name}: the state was made for another parameter tree: state leaf '
+                       f'{_path_str(path)} has shape {tuple(jnp.shape(got))} but these params ({num_params} '
+                       f'parameters in {num_tensors} tensors) need {tuple(want.shape)}. {fix}')
+
+
+def transformation(optimizer_name: str, init_fn, update_fn) -> optax.GradientTransformationExtraArgs:
+  """The architecture's ``(init_fn, update_fn)`` as an optax transformation, with the shared checks of this module.
+
+  ``init`` checks its ``params`` (:func:`check_inputs`); ``update`` checks ``grads`` against ``params`` and the
+  ``state`` against what ``init`` makes for ``params`` (:func:`check_state`). The wrapped functions may assume valid
+  inputs.
+  """
+  expected_states: dict = {}
+
+  def checked_init(params):
+    check_inputs(params, params, optimizer_name)
+    return init_fn(params)
+
+  def checked_update(grads, state, params=None, **extra_args):
+    check_inputs(grads, params, optimizer_name)
+    check_state(state, params, init_fn, optimizer_name, expected_states)
+    return update_fn(grads, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(checked_init, checked_update)
 
 
 def leaves_f32(tree: Params) -> list[jax.Array]:

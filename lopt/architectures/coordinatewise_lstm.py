@@ -93,7 +93,7 @@ class CoordinatewiseLSTM(base.LearnedOptimizer):
 
     def update_fn(grads, state, params=None, *, value=None, **extra_args):
       del value, extra_args
-      g, _, sizes = features.flat_inputs(grads, params, 'CoordinatewiseLSTM')
+      g, _, sizes = features.flat_inputs(grads, params)
       x = features.log_and_sign(g, self.preprocess_k)
       cells, hiddens = [], []
       for i, (cell, hidden) in enumerate(zip(state.cells, state.hiddens)):
@@ -106,4 +106,4 @@ class CoordinatewiseLSTM(base.LearnedOptimizer):
       new_state = CoordinatewiseLSTMState(cells=tuple(cells), hiddens=tuple(hiddens))
       return base.updates_like(params, features.unflatten(step, sizes)), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return base.transformation('CoordinatewiseLSTM', init_fn, update_fn)

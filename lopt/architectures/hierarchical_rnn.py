@@ -352,30 +352,17 @@ class HierarchicalRNN(base.LearnedOptimizer):
   def transform(self, meta_params: base.MetaParams) -> optax.GradientTransformationExtraArgs:
 
     def init_fn(params):
-      base.check_inputs(params, params, type(self).__name__)
       return self.init_state(meta_params, params)
 
     def update_fn(grads, state, params=None, *, value=None, **extra_args):
       del value, extra_args  # this architecture does not read the loss; unknown keywords are ignored by contract
-      base.check_inputs(grads, params, type(self).__name__)
-      layout = self._check_state(state, params)
+      layout = _Layout.of(jax.tree.leaves(params))
       grads_flat = layout.flatten(base.leaves_f32(grads))
       params_flat = layout.flatten(base.leaves_f32(params))
       update_leaves, new_state = self._step(meta_params, layout, grads_flat, params_flat, state)
       return base.updates_like(params, update_leaves), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-  def _check_state(self, state, params) -> _Layout:
-    layout = _Layout.of(jax.tree.leaves(params))
-    if not isinstance(state, HierarchicalRNNState):
-      raise TypeError(f'HierarchicalRNN: state must be a HierarchicalRNNState (from tx.init), got {type(state)}.')
-    got = (jnp.shape(state.log_lr)[-1], jnp.shape(state.tensor_hidden)[-2])
-    if got != (layout.num_params, layout.num_tensors):
-      raise ValueError(
-          f'HierarchicalRNN: the state was made for {got[0]} parameters in {got[1]} tensors but params have '
-          f'{layout.num_params} in {layout.num_tensors}; call tx.init(params) with these params.')
-    return layout
+    return base.transformation(type(self).__name__, init_fn, update_fn)
 
   # ----------------------------------------------------------------------------------------------------------------
   # The step, on the flat feature-major layout.
@@ -425,7 +412,9 @@ class HierarchicalRNN(base.LearnedOptimizer):
     the parameter GRU reads). Columns follow ``jax.tree.leaves(params)`` order, each leaf flattened row-major.
     """
     base.check_inputs(grads, params, type(self).__name__)
-    layout = self._check_state(state, params)
+    base.check_state(state, params, lambda p: self.init_state(self.init(jax.random.PRNGKey(0)), p),
+                     type(self).__name__)
+    layout = _Layout.of(jax.tree.leaves(params))
     return self._input_features(state, layout.flatten(base.leaves_f32(grads)))
 
   def _step(self, meta, layout: _Layout, grads_flat, params_flat, state: HierarchicalRNNState):

@@ -134,7 +134,6 @@ class LearnableAdam(base.LearnedOptimizer):
 
     def update_fn(grads, state, params=None, *, value=None, **extra_args):
       del value, extra_args
-      base.check_inputs(grads, params, 'LearnableAdam')
       hp = self.hyperparameters(meta_params)
       grads = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), grads)
       mu = jax.tree.map(lambda g, m: hp['one_minus_b1'] * g + hp['b1'] * m, grads, state.mu)
@@ -148,4 +147,4 @@ class LearnableAdam(base.LearnedOptimizer):
       updates = jax.tree.map(step, mu, nu)
       return base.updates_like(params, jax.tree.leaves(updates)), LearnableAdamState(count=count, mu=mu, nu=nu)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return base.transformation('LearnableAdam', init_fn, update_fn)

@@ -71,10 +71,9 @@ class LearnableSGDM(base.LearnedOptimizer):
 
     def update_fn(grads, state, params=None, *, value=None, **extra_args):
       del value, extra_args
-      base.check_inputs(grads, params, 'LearnableSGDM')
       hp = self.hyperparameters(meta_params)
       trace = jax.tree.map(lambda g, t: jnp.asarray(g, jnp.float32) + hp['momentum'] * t, grads, state.trace)
       updates = jax.tree.map(lambda t: t * -hp['learning_rate'], trace)
       return base.updates_like(params, jax.tree.leaves(updates)), LearnableSGDMState(trace=trace)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return base.transformation('LearnableSGDM', init_fn, update_fn)

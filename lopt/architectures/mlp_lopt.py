@@ -116,7 +116,7 @@ class MLPLOpt(base.LearnedOptimizer):
 
     def update_fn(grads, state, params=None, *, value=None, **extra_args):
       del value, extra_args  # no loss features
-      g, w, sizes = features.flat_inputs(grads, params, 'MLPLOpt')
+      g, w, sizes = features.flat_inputs(grads, params)
       momentum = features.update_moments(state.momentum, g, self.decays)
       if self.include_rms:
         second_moment = features.update_moments(state.second_moment, jnp.square(g), self.decays)
@@ -144,4 +144,4 @@ class MLPLOpt(base.LearnedOptimizer):
                                second_moment=second_moment)
       return base.updates_like(params, features.unflatten(-step, sizes)), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return base.transformation('MLPLOpt', init_fn, update_fn)

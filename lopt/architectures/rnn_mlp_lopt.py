@@ -292,7 +292,7 @@ class RNNMLPLOpt(base.LearnedOptimizer):
 
     def update_fn(grads, state, params=None, *, value=None, valid_value=None, **extra_args):
       del extra_args
-      raw_g, w, sizes = features.flat_inputs(grads, params, 'RNNMLPLOpt')
+      raw_g, w, sizes = features.flat_inputs(grads, params)
       shapes = [tuple(jnp.shape(p)) for p in jax.tree.leaves(params)]
       num_tensors = len(sizes)
       g, clip_rms = clip_gradients(raw_g, state.clip_rms, state.count, self.clip_decay, self.clip_mult)
@@ -344,4 +344,4 @@ class RNNMLPLOpt(base.LearnedOptimizer):
           valid_loss_mean=valid_mean, valid_loss_count=valid_count)
       return base.updates_like(params, features.unflatten(-step, sizes)), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return base.transformation('RNNMLPLOpt', init_fn, update_fn)

@@ -388,6 +388,38 @@ def test_integer_or_bool_param_leaf_raises_type_error_naming_it(optimizer, dtype
 
 
 @parametrize_architectures
+@pytest.mark.parametrize('dtype', [jnp.int32, jnp.bool_])
+def test_init_rejects_integer_or_bool_param_leaf_naming_it(optimizer, dtype):
+  # One rule for init and update, for every architecture: the leaf is named at init, not at the first update.
+  tx = tx_of(optimizer)
+  with pytest.raises(TypeError, match=r"\['layer'\]\['count'\].*optax.masked"):
+    tx.init({'layer': {'w': PARAMS['w'], 'count': jnp.zeros(3, dtype)}})
+
+
+@parametrize_architectures
+def test_state_made_for_another_tree_raises_saying_what_it_was_made_for(optimizer):
+  # lopt/base.py's check_state, shared by every architecture: never a broadcasting error from inside the step.
+  tx = tx_of(optimizer)
+  small = {'w': jnp.ones(3)}
+  state = tx.init(small)
+  bigger = {'w': jnp.ones(4)}
+  with pytest.raises(ValueError, match=r'state was made for (3 parameters|another parameter tree).*'
+                                       r'Call tx\.init\(params\) with these params'):
+    tx.update(bigger, state, bigger)
+  two_tensors = {'a': jnp.ones(1), 'b': jnp.ones(2)}
+  with pytest.raises(ValueError, match=r'state was made for'):
+    tx.update(two_tensors, tx.init({'a': jnp.ones(4), 'b': jnp.ones(2), 'c': jnp.ones(1)}), two_tensors)
+
+
+@parametrize_architectures
+def test_state_of_another_architecture_raises_type_error(optimizer):
+  other = next(o for o in ARCHITECTURES if type(o) is not type(optimizer))
+  state = tx_of(other).init(PARAMS)
+  with pytest.raises(TypeError, match=rf'the state is a {type(state).__name__}, but tx.init makes'):
+    tx_of(optimizer).update(PARAMS, state, PARAMS)
+
+
+@parametrize_architectures
 def test_grads_params_structure_mismatch_raises_value_error(optimizer):
   tx = tx_of(optimizer)
   state = tx.init(PARAMS)
