@@ -55,7 +55,9 @@ class LearnedOptimizer(abc.ABC):
   """Base class of every architecture.
 
   Subclasses are ``@dataclasses.dataclass(frozen=True)`` whose fields are JSON-serialisable hyperparameters
-  (bool, int, float, str, or tuples of them). They set the class attribute ``name`` (the string recorded by
+  (bool, int, float, str, or tuples of them). Fields annotated ``float`` that do not set shapes may also hold a
+  traced JAX scalar (:func:`is_traced`), which is how ``optax.inject_hyperparams`` changes them during training;
+  such an architecture is used only to build its transformation (it cannot be hashed or saved). They set the class attribute ``name`` (the string recorded by
   :func:`lopt.save`) and implement :meth:`init` and :meth:`transform`.
   """
 
@@ -85,6 +87,14 @@ class LearnedOptimizer(abc.ABC):
     if unknown:
       raise ValueError(f'{cls.__name__} has no hyperparameter(s) {unknown}; valid names: {sorted(names)}.')
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+
+
+def is_traced(x) -> bool:
+  """Whether ``x`` is a JAX tracer: a float hyperparameter injected by ``optax.inject_hyperparams`` under ``jit``.
+
+  Architectures accept such values in their float fields and validate them only when concrete.
+  """
+  return isinstance(x, jax.core.Tracer)
 
 
 def _path_str(path) -> str:

@@ -216,7 +216,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
     use_relative_log_ms: add ``log ms_i - mean_j log ms_j`` features.
     use_relative_lr: add ``l - mean(l)`` with the mean over all elements of all tensors.
     lr_init_range: ``(lo, hi)``: initial log learning rates are triangular on ``[log lo, log hi]`` (SPEC 1.2).
-    max_log_lr: clip of the log learning rate (SPEC: 33).
+    max_log_lr: clip of the log learning rate (SPEC: 33); may be a traced scalar (``optax.inject_hyperparams``).
     use_attention: the attention / lookahead of SPEC 1.3k (adds 1 state float per parameter).
     global_input: ``'mean'`` (paper, default): the global GRU reads the mean over tensors of the tensor GRUs' states;
       ``'last'`` (released code): only the last tensor's.
@@ -254,7 +254,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lr_range)
         or not 0 < lr_range[0] <= lr_range[1] or not math.isfinite(lr_range[1])):
       fail(f'lr_init_range must be a tuple (lo, hi) of learning rates with 0 < lo <= hi, got {lr_range!r}.')
-    if (not isinstance(self.max_log_lr, (int, float)) or isinstance(self.max_log_lr, bool)
+    if not base.is_traced(self.max_log_lr) and (
+        not isinstance(self.max_log_lr, (int, float)) or isinstance(self.max_log_lr, bool)
         or not 0 < self.max_log_lr < math.inf):
       fail(f'max_log_lr must be a finite number > 0, got {self.max_log_lr!r}.')
     if self.global_input not in _GLOBAL_INPUTS:

@@ -66,7 +66,7 @@ class MLPLOpt(base.LearnedOptimizer):
     time_scales: ``tau`` of the ``tanh(t / tau - 1)`` features.
     include_rms: accumulate the second moment (default) or keep it 0 as the released code does (module docstring).
     step_multiplier: the 0.001 in ``d exp(magnitude_rate mu) step_multiplier``.
-    magnitude_rate: the 0.001 inside the exponential.
+    magnitude_rate: the 0.001 inside the exponential. Both may be traced scalars (``optax.inject_hyperparams``).
   """
   name = 'mlp_lopt'
 
@@ -85,7 +85,7 @@ class MLPLOpt(base.LearnedOptimizer):
     if not all(t > 0 for t in self.time_scales):
       raise ValueError(f'MLPLOpt.time_scales must be positive, got {self.time_scales}.')
     for field in ('step_multiplier', 'magnitude_rate'):
-      if not math.isfinite(getattr(self, field)):
+      if not base.is_traced(getattr(self, field)) and not math.isfinite(getattr(self, field)):
         raise ValueError(f'MLPLOpt.{field} must be finite, got {getattr(self, field)}.')
 
   @property
