@@ -31,7 +31,16 @@ Input rules shared by every architecture (enforced by :func:`check_inputs` and :
 * ``None`` leaves (optax-style masking) are empty subtrees: nothing is computed for them and their update is ``None``.
 * Zero-size leaves get zero-size updates; scalar leaves are treated as one-element tensors.
 * Low-precision parameters (float16, bfloat16) are computed in float32 internally and updates come back in the
-  parameter dtype; optimizer state is always float32.
+  parameter dtype; optimizer state is float32.
+* Every architecture has the hyperparameter ``state_dtype`` (``'float32'``, default, or ``'bfloat16'``; dtype objects
+  such as ``jnp.bfloat16`` are accepted): the dtype of its **per-parameter** state arrays, the ones whose size grows
+  with the number of parameters. bfloat16 halves their memory; the arithmetic stays float32 (state is cast up when
+  read and rounded when written), per-tensor and global state and counters keep their dtypes, and the
+  meta-parameters' shapes do not change (weights trained with float32 state run with bfloat16 state). bfloat16 keeps
+  8 bits of mantissa: an accumulator whose per-step change is below ~2^-9 of its value (a momentum with decay
+  0.9999 once it has grown, a slowly moving log learning rate) stops changing, so expect the updates to drift from
+  the float32 ones over long runs. float16 is refused: its range (smallest normal 6e-5) cannot hold the mean
+  squares of small gradients.
 * Non-finite gradients propagate into the update (as in ``optax.adam``); wrap the optimizer in
   ``optax.apply_if_finite`` to skip such steps and keep the state finite.
 """
@@ -95,6 +104,31 @@ def is_traced(x) -> bool:
   Architectures accept such values in their float fields and validate them only when concrete.
   """
   return isinstance(x, jax.core.Tracer)
+
+
+STATE_DTYPES = ('float32', 'bfloat16')
+
+
+def state_dtype_name(value, owner: str) -> str:
+  """The canonical name of a ``state_dtype`` hyperparameter (``'float32'`` or ``'bfloat16'``); ``ValueError`` else."""
+  try:
+    name = jnp.dtype(value).name
+  except TypeError:
+    name = None
+  if name not in STATE_DTYPES:
+    raise ValueError(f"{owner}.state_dtype must be 'float32' or 'bfloat16' (or jnp.float32 / jnp.bfloat16), got "
+                     f'{value!r}. float16 is not offered: mean squares of small gradients fall below its range.')
+  return name
+
+
+def to_state(x: jax.Array, state_dtype: str) -> jax.Array:
+  """Rounds a float32 per-parameter state array to ``state_dtype`` for storage (a no-op for float32)."""
+  return jnp.asarray(x, state_dtype)
+
+
+def from_state(x: jax.Array) -> jax.Array:
+  """A stored per-parameter state array as float32, for computing (a no-op for float32)."""
+  return jnp.asarray(x, jnp.float32)
 
 
 def _path_str(path) -> str:

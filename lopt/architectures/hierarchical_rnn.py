@@ -106,6 +106,8 @@ _MS_EPS = 1e-12  # added to a^2 in the mean square
 _RMS_EPS = 1e-16  # inside sqrt / log
 
 _GLOBAL_INPUTS = ('mean', 'last')
+# The state arrays over all N parameters, stored in ``state_dtype`` (true_param excepted: see HierarchicalRNN).
+_PER_PARAMETER_FIELDS = ('param_hidden', 'input_decay', 'rms_decay', 'log_lr', 'momenta', 'mean_squares')
 
 
 class HierarchicalRNNState(NamedTuple):
@@ -221,6 +223,9 @@ class HierarchicalRNN(base.LearnedOptimizer):
     global_input: ``'mean'`` (paper, default): the global GRU reads the mean over tensors of the tensor GRUs' states;
       ``'last'`` (released code): only the last tensor's.
     lr_init_seed: seed of the per-parameter learning-rate initialisation (optax ``init`` has no key).
+    state_dtype: dtype of the per-parameter state (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`): ``h``, the
+      decays, ``l``, the momenta and mean squares. The attention's ``true_param`` stays float32: it is a copy of the
+      parameters, not a statistic, and rounding it would move the parameters by up to 2^-9 of their value per step.
   """
 
   name: ClassVar[str] = 'hierarchical_rnn'
@@ -235,8 +240,10 @@ class HierarchicalRNN(base.LearnedOptimizer):
   use_attention: bool = False
   global_input: str = 'mean'
   lr_init_seed: int = 0
+  state_dtype: str = 'float32'
 
   def __post_init__(self):
+    object.__setattr__(self, 'state_dtype', base.state_dtype_name(self.state_dtype, 'HierarchicalRNN'))
     def fail(message):
       raise ValueError(f'HierarchicalRNN: {message}')
 
@@ -335,7 +342,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
                      + jax.random.uniform(tensor_key, (), jnp.float32, lo, hi))
     log_lr = jnp.clip(layout.flatten(log_lrs), -self.max_log_lr, self.max_log_lr)
     meta = meta_params
-    return HierarchicalRNNState(
+    return self._store(HierarchicalRNNState(
         count=jnp.zeros((), jnp.int32),
         param_hidden=jnp.broadcast_to(jnp.asarray(meta['param_hidden_init'], jnp.float32)[:, None], (h0, n)),
         # Distinct arrays (not one zeros buffer under two names): a donated state must not alias itself.
@@ -348,7 +355,15 @@ class HierarchicalRNN(base.LearnedOptimizer):
         tensor_hidden=jnp.broadcast_to(jnp.asarray(meta['tensor_hidden_init'], jnp.float32), (t, h1)),
         # A copy: the state may be donated to a jitted step, which must not delete the meta-parameters' buffer.
         global_hidden=jnp.array(meta['global_hidden_init'], jnp.float32, copy=True),
-    )
+    ))
+
+  def _load(self, state: HierarchicalRNNState) -> HierarchicalRNNState:
+    """The stored state with its per-parameter arrays as float32 (``state_dtype``; no-op for float32)."""
+    return state._replace(**{k: base.from_state(getattr(state, k)) for k in _PER_PARAMETER_FIELDS})
+
+  def _store(self, state: HierarchicalRNNState) -> HierarchicalRNNState:
+    """The float32 state with its per-parameter arrays rounded to ``state_dtype`` for storage."""
+    return state._replace(**{k: base.to_state(getattr(state, k), self.state_dtype) for k in _PER_PARAMETER_FIELDS})
 
   def transform(self, meta_params: base.MetaParams) -> optax.GradientTransformationExtraArgs:
 
@@ -360,8 +375,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
       layout = _Layout.of(jax.tree.leaves(params))
       grads_flat = layout.flatten(base.leaves_f32(grads))
       params_flat = layout.flatten(base.leaves_f32(params))
-      update_leaves, new_state = self._step(meta_params, layout, grads_flat, params_flat, state)
-      return base.updates_like(params, update_leaves), new_state
+      update_leaves, new_state = self._step(meta_params, layout, grads_flat, params_flat, self._load(state))
+      return base.updates_like(params, update_leaves), self._store(new_state)
 
     return base.transformation(type(self).__name__, init_fn, update_fn)
 
@@ -416,7 +431,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
     base.check_state(state, params, lambda p: self.init_state(self.init(jax.random.PRNGKey(0)), p),
                      type(self).__name__)
     layout = _Layout.of(jax.tree.leaves(params))
-    return self._input_features(state, layout.flatten(base.leaves_f32(grads)))
+    return self._input_features(self._load(state), layout.flatten(base.leaves_f32(grads)))
 
   def _step(self, meta, layout: _Layout, grads_flat, params_flat, state: HierarchicalRNNState):
     inputs = self._input_features(state, grads_flat)

@@ -79,6 +79,15 @@ def test_the_real_shipped_value_override_keeps_the_real_shipped_weights():
                        _updates(lopt.hierarchical_rnn(), PARAMS))
 
 
+@pytest.mark.parametrize('name', ['hierarchical_rnn', 'mlp_lopt'])
+def test_shipped_weights_run_with_bfloat16_state(name):
+  shipped_arch, shipped = lopt.load_pretrained(name)
+  opt = getattr(lopt, name)(state_dtype=jnp.bfloat16)  # keeps the meta-parameters' shapes: the shipped weights
+  expected = dataclasses.replace(shipped_arch, state_dtype='bfloat16').transform(shipped)
+  _assert_same_updates(_updates(opt, PARAMS), _updates(expected, PARAMS))
+  assert jnp.dtype(jnp.bfloat16) in {x.dtype for x in jax.tree.leaves(opt.init(PARAMS))}
+
+
 def test_overrides_that_change_the_shapes_raise_naming_the_fields_and_the_explicit_way(weights_dir):
   arch = lopt.HierarchicalRNN()
   lopt.save(weights_dir / 'hierarchical_rnn.npz', arch, arch.init(jax.random.PRNGKey(3)))
