@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lopt.mlp_lopt import MLPLOpt
+from lopt.architectures.mlp_lopt import MLPLOpt
 
 DECAYS = np.array([0.5, 0.9, 0.99, 0.999, 0.9999])
 TIMESCALES = np.array([3, 10, 30, 100, 300, 1e3, 3e3, 1e4, 3e5])
