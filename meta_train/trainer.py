@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from lopt import serialization
@@ -270,6 +271,10 @@ def train(config: config_lib.Config, out_dir: str, components: build.Components 
     manager.save(int(host_state.step), host_state, metadata={'time': time.time()})
     if is_main:
       resume_state.save(resume_path, host_state, config)
+    if jax.process_count() > 1:
+      # The others wait until process 0 has written: one that went on to read the directory (a resume, when this
+      # was the last step) would otherwise find the previous checkpoint and diverge from process 0, deadlocking.
+      multihost_utils.sync_global_devices(f'checkpoint {int(host_state.step)} written')
 
   try:
     while step < run.meta_steps:
