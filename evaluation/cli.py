@@ -40,7 +40,7 @@ from evaluation import validation
 SUITES = {'test': heldout, 'validation': validation}
 
 
-def _candidate(spec: str) -> tuple[str, harness.OptimizerSpec]:
+def candidate(spec: str) -> tuple[str, harness.OptimizerSpec]:
   """``NAME=FILE``, ``FILE`` or an architecture name -> (name, OptimizerSpec)."""
   import lopt  # pylint: disable=import-outside-toplevel
   from lopt import pretrained  # pylint: disable=import-outside-toplevel
@@ -61,6 +61,13 @@ def _candidate(spec: str) -> tuple[str, harness.OptimizerSpec]:
       meta_params = architecture.init(jax.random.key(0))
       name = name or f'{path}_init'
   return name, harness.OptimizerSpec(name, lambda: architecture.transform(meta_params))
+
+
+def build_suite(suite: str, names, num_steps: int) -> list[harness.SuiteEntry]:
+  """The entries of suite ``'test'`` or ``'validation'`` (:data:`SUITES`) with the given task names and budget."""
+  if suite == 'test':
+    return heldout.heldout_suite(names, num_steps=num_steps)
+  return validation.validation_suite(names, num_steps=num_steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.steps < 20 or args.seeds < 1:
     parser.error(f'--steps must be >= 20 and --seeds >= 1, got {args.steps} and {args.seeds}.')
 
-  candidates = dict(_candidate(s) for s in (args.optimizer or ['hierarchical_rnn']))
+  candidates = dict(candidate(s) for s in (args.optimizer or ['hierarchical_rnn']))
   every = harness.default_baselines()
   wanted = [b for b in args.baselines.split(',') if b]
   unknown = [b for b in wanted if b not in every]
@@ -101,10 +108,8 @@ def main(argv: list[str] | None = None) -> int:
   if 'adam_tuned' not in wanted:
     parser.error('--baselines must include adam_tuned (the reference of the speedup measure).')
   try:
-    module = SUITES[args.suite]
-    names = module.ALL_TASKS if args.tasks is None else [t for t in args.tasks.split(',') if t]
-    suite = (heldout.heldout_suite(names, num_steps=args.steps) if args.suite == 'test'
-             else validation.validation_suite(names, num_steps=args.steps))
+    names = SUITES[args.suite].ALL_TASKS if args.tasks is None else [t for t in args.tasks.split(',') if t]
+    suite = build_suite(args.suite, names, args.steps)
   except ValueError as e:
     parser.error(str(e))
   try:

@@ -100,3 +100,37 @@ def markdown(checks: Sequence[TaskCheck]) -> str:
     lines.append(f'| {check.name} | {check.num_steps} | {"yes" if check.passed else "**no**"} | '
                  f'{cell([s.finite for s in seeds])} | {cell([s.descends_early for s in seeds])} | {worst:.3g} |')
   return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  """``python -m evaluation.robustness --optimizer FILE.npz --suite validation --steps 500`` prints the table."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from evaluation import cli  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(prog='python -m evaluation.robustness', description=__doc__.split('\n\n')[0])
+  parser.add_argument('--optimizer', default='hierarchical_rnn',
+                      help='NAME=FILE.npz, FILE.npz or an architecture name (default: the shipped HRNN)')
+  parser.add_argument('--suite', choices=sorted(cli.SUITES), default='validation')
+  parser.add_argument('--tasks', default=None, help='comma-separated task names (default: the whole suite)')
+  parser.add_argument('--steps', type=int, default=500, help='the horizon H; runs last 10 H by default')
+  parser.add_argument('--multiple', type=float, default=10.0, help='run length as a multiple of --steps')
+  parser.add_argument('--seeds', type=int, default=3)
+  parser.add_argument('--out', default=None, help='also write the table to this markdown file')
+  args = parser.parse_args(argv)
+  name, spec = cli.candidate(args.optimizer)
+  module = cli.SUITES[args.suite]
+  names = module.ALL_TASKS if args.tasks is None else [t for t in args.tasks.split(',') if t]
+  suite = cli.build_suite(args.suite, names, args.steps)
+  checks = check_robustness(spec, suite, seeds=args.seeds, horizon_multiple=args.multiple)
+  table = (f'Robustness of {name} on the {args.suite} suite, {args.seeds} seeds, {args.multiple:g} x {args.steps} '
+           f'steps:\n\n' + markdown(checks))
+  print(table)
+  if args.out:
+    pathlib.Path(args.out).write_text(table + '\n')
+  return 0 if all(c.passed for c in checks) else 1
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())
