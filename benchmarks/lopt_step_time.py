@@ -1,7 +1,8 @@
 """Per-step cost of every built-in learned optimizer, as a ratio to optax.adam measured in the same run.
 
-Problem: the 784-64-10 ReLU MLP of DESIGN.md (50,890 parameters), softmax cross-entropy, batch 128 of synthetic data
-(timing does not depend on the data's values). Two programs are timed per optimizer, both jitted with the optimizer
+Problem: the 784-64-10 ReLU MLP of the peer-library reference numbers (docs/benchmarks.md, "Reference numbers from a
+peer library"; 50,890 parameters), softmax cross-entropy, batch 128 of synthetic data (timing does not depend on the
+data's values). Two programs are timed per optimizer, both jitted with the optimizer
 state (and parameters) donated, as a training loop would:
 
 * full step: forward + backward + ``tx.update(grads, state, params, value=loss)`` + ``optax.apply_updates``;

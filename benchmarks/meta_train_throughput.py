@@ -1,12 +1,12 @@
 """Meta-training throughput: inner steps per second of a PES gradient estimate, and its compile time.
 
-Setting (DESIGN.md's reference setting, ``configs/pes_quadratics.toml``): :class:`meta_train.TruncatedPES` with
-truncations of ``T = 20`` inner steps, ``B = 8`` task instances, each with a ``+`` and a ``−`` antithetic twin, on
-``tasks.QuadraticFamily(dim=10)`` (noise-free least squares ``½‖Wx − y‖²``, fresh ``W, y`` per episode; pass
-``--family noisy_quadratic`` for TaskSet's gradient-noise variant), episodes of 200 steps (``ConstantTruncation``),
-staggered, log-normalised training-loss objective, σ = 0.01. One ``estimate`` call therefore advances
-``2 × B × T = 320`` inner steps (the twins counted separately, as the reference numbers do), plus the resets of the
-instances whose episode ends inside the truncation.
+Setting (that of the peer-library reference numbers in docs/benchmarks.md, "Reference numbers from a peer library", and
+of ``configs/pes_quadratics.toml``): :class:`meta_train.TruncatedPES` with truncations of ``T = 20`` inner steps,
+``B = 8`` task instances, each with a ``+`` and a ``−`` antithetic twin, on ``tasks.QuadraticFamily(dim=10)``
+(noise-free least squares ``½‖Wx − y‖²``, fresh ``W, y`` per episode; pass ``--family noisy_quadratic`` for TaskSet's
+gradient-noise variant), episodes of 200 steps (``ConstantTruncation``), staggered, log-normalised training-loss
+objective, σ = 0.01. One ``estimate`` call therefore advances ``2 × B × T = 320`` inner steps (the twins counted
+separately, as the reference numbers do), plus the resets of the instances whose episode ends inside the truncation.
 
 Per architecture, ``estimator.estimate`` is jitted with the estimator state donated (as the trainer does) and compiled
 ahead of time, which splits the first call into *trace + lower* (Python), *XLA compile* and the first execution.
@@ -37,9 +37,10 @@ import lopt
 import meta_train
 import tasks
 
-#: DESIGN.md: the best-known JAX learned-optimizer library (jax 0.4.30) in this setting on this machine class.
+#: The best-known JAX learned-optimizer library (jax 0.4.30) in this setting on this machine class
+#: (docs/benchmarks.md, "Reference numbers from a peer library").
 REFERENCE_STEPS_PER_SECOND = {'Adafactor-MLP (reference library)': 30_000, 'VeLO (reference library)': 7_570}
-#: The project's target for the hierarchical RNN (issue 4H).
+#: The project's target for the hierarchical RNN (docs/benchmarks.md, "Targets").
 TARGET_STEPS_PER_SECOND = {'hierarchical_rnn': 30_000}
 
 FAMILIES = {
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
   load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
   print(f'{setting}. Inner steps/s = {timed[0].inner_steps_per_call} (+ and - twins counted separately) / median '
         f'wall time of one jitted estimate call over {args.calls} calls; {platform}; 1-min load average at the end '
-        f'{load:.1f}. Reference rows: DESIGN.md (jax 0.4.30, same machine class).\n')
+        f'{load:.1f}. Reference rows: docs/benchmarks.md (jax 0.4.30, same machine class).\n')
   print(markdown_table(timed))
 
 

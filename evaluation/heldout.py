@@ -32,7 +32,8 @@ generated data (:mod:`tasks.synthetic_images` and ReLU-teacher labels; no Fashio
 
 Every synthetic task is one fixed instance drawn from its family with a fixed key, so every optimizer (and every
 run of the suite) sees the same problem. The step budget defaults to :data:`DEFAULT_NUM_STEPS` = 500, 25 times the
-20-step truncations of ``configs/hrnn_shipped.toml`` (issue 5B asks for at least 10 times).
+20-step truncations of ``configs/hrnn_shipped.toml`` (the project's target for this ratio: docs/benchmarks.md,
+"Targets").
 
 Run it from the command line with ``python -m evaluation`` (see :mod:`evaluation.cli`).
 """

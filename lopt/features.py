@@ -1,11 +1,12 @@
 """Building blocks shared by the per-parameter learned optimizers (MLP, RNN-MLP, coordinatewise LSTM).
 
-Flat layout. These optimizers apply one small network to every parameter, so they concatenate all parameter leaves
-into one flat vector of ``N`` elements and keep per-parameter quantities **feature-major**, ``[F, N]``: the long axis
-is contiguous and each network layer is one ``[H, F] @ [F, N]`` matmul, whatever the number of leaves (on 2 CPU cores
-a per-parameter RNN is ~2x faster this way than in the batch-major ``[N, F]`` layout, see DESIGN.md). A leaf is a
-contiguous *segment* of the flat vector; ``sizes`` (a static tuple) gives each segment's length, so per-tensor
-statistics are static slices, with no scatter. Zero-size leaves are empty segments: their statistics are 0 (never NaN).
+Flat layout. These optimizers apply one small network to every parameter, so they concatenate all parameter leaves into
+one flat vector of ``N`` elements and keep per-parameter quantities **feature-major**, ``[F, N]``: the long axis is
+contiguous and each network layer is one ``[H, F] @ [F, N]`` matmul, whatever the number of leaves (on CPU a
+per-parameter RNN measured faster this way than in the batch-major ``[N, F]`` layout; docs/benchmarks.md, "Reference
+numbers from a peer library"). A leaf is a contiguous *segment* of the flat vector; ``sizes`` (a static tuple) gives
+each segment's length, so per-tensor statistics are static slices, with no scatter. Zero-size leaves are empty segments:
+their statistics are 0 (never NaN).
 
 The LSTM cell used by two of the optimizers is here too, in ``flax.linen.LSTMCell``'s parameter layout.
 """
@@ -72,8 +73,8 @@ def segment_broadcast(per_tensor: jax.Array, sizes: Sequence[int]) -> jax.Array:
 def second_moment_normalize(x: jax.Array, sizes: Sequence[int], eps: float) -> jax.Array:
   """``x * rsqrt(eps + mean_over_tensor(x^2))`` for each feature row of ``x: [F, N]`` and each tensor.
 
-  The per-tensor feature normalisation of Metz et al. 2019/2020 (SPEC 3.4, 4): every feature has unit second moment
-  within each tensor, so the network sees the same scale whatever the tensor's gradient scale.
+  The per-tensor feature normalisation of Metz et al. 2019/2020 (docs/algorithms.md §3.1, §5.5): every feature has
+  unit second moment within each tensor, so the network sees the same scale whatever the tensor's gradient scale.
   """
   return x * segment_broadcast(jax.lax.rsqrt(eps + segment_mean(jnp.square(x), sizes)), sizes)
 
@@ -100,7 +101,7 @@ def update_moments(moments: jax.Array, x: jax.Array, decays: Sequence[float]) ->
 
 
 def tanh_time_embedding(step: jax.Array, timescales: Sequence[float]) -> jax.Array:
-  """``tanh(t / tau - 1)`` for each ``tau`` (Metz et al. 2019, SPEC 3.4): ``[len(timescales)]``.
+  """``tanh(t / tau - 1)`` for each ``tau`` (Metz et al. 2019, docs/algorithms.md §3.1): ``[len(timescales)]``.
 
   Each entry moves from ``tanh(-1)`` towards 1 around ``t ~ tau``, so the network can tell how far training is.
   """
@@ -108,12 +109,14 @@ def tanh_time_embedding(step: jax.Array, timescales: Sequence[float]) -> jax.Arr
 
 
 def sin_time_embedding(step: jax.Array, timescales: Sequence[float]) -> jax.Array:
-  """``sin(t / (tau * pi))`` for each ``tau`` (Metz et al. 2020, SPEC 4): ``[len(timescales)]``."""
+  """``sin(t / (tau * pi))`` for each ``tau`` (Metz et al. 2020, docs/algorithms.md §5.5):
+  ``[len(timescales)]``."""
   return jnp.sin(jnp.asarray(step, jnp.float32) / (jnp.asarray(timescales, jnp.float32) * math.pi))
 
 
 def clipped_log_abs(x: jax.Array, eps: float = 1e-8, bound: float = 5.0) -> jax.Array:
-  """``clip(log(eps + |x|), -bound, bound)``: a magnitude feature that is finite for ``x = 0`` (SPEC 4)."""
+  """``clip(log(eps + |x|), -bound, bound)``: a magnitude feature that is finite for ``x = 0`` (docs/algorithms.md
+  §5.4)."""
   return jnp.clip(jnp.log(eps + jnp.abs(x)), -bound, bound)
 
 
@@ -162,8 +165,8 @@ def lstm_apply(params: LSTMParams, c: jax.Array, h: jax.Array, x: jax.Array, *,
   ``h' = o tanh(c')``. Batch-major: ``x: [..., I]``, ``c, h: [..., H]``; feature-major: ``x: [I, N]``,
   ``c, h: [H, N]``.
   """
-  # One matmul on [x; h] with the stacked kernel [[W_i*]; [W_h*]]: on CPU, feature-major over ~50k coordinates, this
-  # is ~2.5x faster for a two-layer LSTM(20) than two matmuls whose [4H, N] results are then added.
+  # One matmul on [x; h] with the stacked kernel [[W_i*]; [W_h*]]: on CPU, feature-major, this measured faster than
+  # two matmuls whose [4H, N] results are then added (docs/benchmarks.md, lopt/features.py).
   kernel = jnp.concatenate([
       jnp.concatenate([params['i' + g]['kernel'] for g in _LSTM_GATES], axis=1),  # [I, 4H]
       jnp.concatenate([params['h' + g]['kernel'] for g in _LSTM_GATES], axis=1)])  # [H, 4H]

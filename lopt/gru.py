@@ -16,19 +16,20 @@ dict has flax.linen's layout: ``ir``, ``iz``, ``in`` each ``{'kernel': [I, H], '
 ``{'kernel': [H, H]}``; ``hn`` ``{'kernel': [H, H], 'bias': [H]}``. (``flax.nnx.GRUCell`` lays its parameters out
 differently; we follow linen.)
 
-Difference from the released TensorFlow ``BiasGRUCell`` (SPEC 1.1): that cell computes the candidate as
+Difference from the released TensorFlow ``BiasGRUCell`` (docs/algorithms.md §2.2): that cell computes the candidate as
 ``tanh(W_c [x; r*h] + b_c + beta_c)``, i.e. the reset gate multiplies ``h`` *before* the matmul, and has no ``b_hn``.
 We use the flax cell (the project is built on Flax's GRU) with ``r`` applied after the recurrent matmul; the two are
 equally expressive families of gated units but their weights are not interchangeable.
 
-Initialisation (SPEC 1.1, ``utils.affine`` of the released code): the TF cell applies one affine map to ``[x; h]``, so
-every kernel here (the input and recurrent halves of that map) is drawn from ``N(0, (scale / sqrt(I + H))^2)`` with
-``scale = 0.5``; the gate biases ``b_ir`` and ``b_iz`` are 2.2, so ``z = sigmoid(2.2) ~ 0.9`` keeps ~90% of the old
-state at initialisation; the candidate biases ``b_in``, ``b_hn`` are 0.
+Initialisation (docs/algorithms.md §2.8, ``utils.affine`` of the released code): the TF cell applies one affine map to
+``[x; h]``, so every kernel here (the input and recurrent halves of that map) is drawn from
+``N(0, (scale / sqrt(I + H))^2)`` with ``scale = 0.5``; the gate biases ``b_ir`` and ``b_iz`` are 2.2, so
+``z = sigmoid(2.2) ~ 0.9`` keeps ~90% of the old state at initialisation; the candidate biases ``b_in``, ``b_hn`` are 0.
 
 Layouts. :func:`gru_apply` works batch-major (``x: [..., I]``, ``h: [..., H]``, as flax) or **feature-major**
 (``x: [I, N]``, ``h: [H, N]``). The per-parameter GRU of the optimizer runs feature-major: over ~50k parameters with
-H = 10 the long axis is then the contiguous one, which measured 2.4 ms versus 5.6 ms in flax's layout on 2 CPU cores.
+H = 10 the long axis is then the contiguous one, which measured faster on CPU than flax's layout (timings in
+docs/benchmarks.md, "Reference numbers from a peer library" and ``lopt/gru.py``).
 It uses :func:`stacked_kernel` and :func:`gru_apply_stacked`: one matmul on the stacked ``[x; h]`` (``[4H, I + H]``
 kernel), then the elementwise part; same equations, only the summation order inside the matmul differs.
 """
@@ -117,8 +118,8 @@ def gru_apply_segments(params: GRUParams, h: jax.Array, x: jax.Array, bias: jax.
 
   Equivalent to ``gru_apply(params, h, x, bias_per_column, feature_major=True)`` with ``bias_per_column`` repeating
   column ``t`` of ``bias`` (``[3H, T]``) ``segment_sizes[t]`` times. The matmuls run once over all ``N`` columns;
-  the elementwise part runs per segment with a broadcast bias, which measured ~1.5x faster on CPU than materialising
-  the repeated ``[3H, N]`` bias (a gather by segment id was ~4x slower).
+  the elementwise part runs per segment with a broadcast bias, which measured faster on CPU than materialising the
+  repeated ``[3H, N]`` bias or gathering it by segment id (ratios in docs/benchmarks.md, ``lopt/gru.py``).
   """
   if sum(segment_sizes) != h.shape[1] or len(segment_sizes) != bias.shape[1]:
     raise ValueError(f'gru_apply_segments: {len(segment_sizes)} segments of total size {sum(segment_sizes)} do not '
@@ -185,7 +186,8 @@ def _sigmoid_via_tanh(x: jax.Array) -> jax.Array:
   """``sigmoid(x) = (1 + tanh(x / 2)) / 2``, an identity (to float32 rounding).
 
   XLA:CPU lowers ``logistic`` to ``1 / (1 + exp(-x))``, an exp and a division, and ``tanh`` to one rational
-  approximation: the per-parameter GRU's elementwise part (compute-bound there) measured ~15% faster this way.
+  approximation: the per-parameter GRU's elementwise part (compute-bound there) measured faster this way
+  (docs/benchmarks.md, ``lopt/gru.py``).
   """
   return 0.5 + 0.5 * jnp.tanh(0.5 * x)
 

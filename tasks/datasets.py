@@ -24,12 +24,11 @@ digits rows are in writer order, hence the shuffle.
 
 **Device memory and compile time.** Images stay ``uint8`` on the device and are scaled to [0, 1] per batch
 (``images * pixel_scale`` after the gather). A task's ``batch`` closes over these arrays, and ``jax.jit`` embeds
-closed-over arrays as constants in the compiled program, so the storage type matters: measured on 2 CPU cores
-(jax 0.10.2) a jitted 128-example gather from the 54000x784 Fashion-MNIST train split compiles in 1.9 s as ``uint8``
-(a 42 MB constant) against 2.9 s as ``float32`` (170 MB), and 0.3 s for a 1000-example array. So every compilation of
-a Fashion-MNIST task costs ~1.5 s extra and its executable holds a 42 MB copy: compile once per structure (pass
-learning rates and keys as arguments, not closures) rather than once per hyperparameter. Digits costs nothing
-(115 KB).
+closed-over arrays as constants in the compiled program, so the storage type matters: a ``uint8`` split is a quarter
+of the ``float32`` constant and compiles faster, yet every compilation of a Fashion-MNIST task still takes measurably
+longer and its executable holds a copy of the train split (timings and sizes in docs/benchmarks.md,
+``tasks/datasets.py``). So compile once per structure (pass learning rates and keys as arguments, not closures) rather
+than once per hyperparameter. The digits arrays are small enough not to matter.
 
 Loaders are cached (``functools.lru_cache`` keyed on the resolved directory), so the files are read, checked and
 copied to the device once per process and every task on a dataset shares one set of device arrays.

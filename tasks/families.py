@@ -1,4 +1,5 @@
-"""TaskSet-style parametric families (Metz et al. 2020, SPEC 4): the Wichrowska problems with sampled settings.
+"""TaskSet-style parametric families (Metz et al. 2020; docs/algorithms.md §12, families §12.2): the Wichrowska
+problems with sampled settings.
 
 TaskSet's ``losg_tasks_family`` re-samples the Wichrowska problems over wide ranges. What each family here samples
 (per ``sample(key)``, inside jit, unless marked *host*: those fix shapes and are drawn by ``sample_structure``):

@@ -1,4 +1,5 @@
-"""TaskSet-style families of image classifiers (Metz et al. 2020, SPEC 4): sampled width, depth, activation, batch.
+"""TaskSet-style families of image classifiers (Metz et al. 2020; docs/algorithms.md §12.4): sampled width, depth,
+activation, batch.
 
 Width, depth and batch size change array shapes, so they are *structure*: drawn on the host, once, by
 :meth:`MLPFamily.sample_structure` / :meth:`ConvNetFamily.sample_structure`, which return a
@@ -13,10 +14,10 @@ the configuration as a traced index and instances with different activations sha
 Inside ``vmap`` the activation is chosen by ``lax.switch`` on a batched index, which XLA lowers to evaluating every
 candidate activation and selecting: a few elementwise ops per hidden unit, small next to the matmuls.
 
-Default ranges (ours; SPEC 4 records that TaskSet samples these quantities but not its exact ranges): one hidden
-width for all layers from {16, 32, 64, 128, 256} (one width rather than one per layer keeps the number of distinct
-structures, hence compilations, small), depth 1..3, batch size from {32, 64, 128}, activations relu, tanh, sigmoid,
-elu, gelu, swish; ConvNets with 1..3 stride-2 layers whose channels double from a base in {8, 16, 32}.
+Default ranges (ours; TaskSet samples these quantities but its exact ranges were not recorded, docs/algorithms.md
+§12.4): one hidden width for all layers from {16, 32, 64, 128, 256} (one width rather than one per layer keeps the
+number of distinct structures, hence compilations, small), depth 1..3, batch size from {32, 64, 128}, activations relu,
+tanh, sigmoid, elu, gelu, swish; ConvNets with 1..3 stride-2 layers whose channels double from a base in {8, 16, 32}.
 """
 
 from __future__ import annotations

@@ -247,8 +247,8 @@ def hrnn_training_set() -> ProblemSet:
 #: ReLU networks that :func:`hrnn_training_set_v2` adds to :data:`HRNN_TRAINING_PROBLEMS`: minibatched
 #: cross-entropy on the generated 16x16 images of :mod:`tasks.synthetic_images` (no Fashion-MNIST or digits data)
 #: and on ReLU-teacher labels, with 6k to 10k parameters. (No ConvNet: a convolution vmapped over task instances
-#: becomes a grouped convolution, ~40x slower than an MLP of the same size on CPU, and it made the meta-step 6x
-#: slower.)
+#: becomes a grouped convolution, which is slow on CPU next to an MLP of the same size and made the meta-step much
+#: slower; docs/benchmarks.md, ``tasks/problem_sets.py``.)
 HRNN_V2_EXTRA_PROBLEMS = (
     'synthetic_images_mlp_32_relu_bs64', 'synthetic_images_mlp_32x32_relu_bs32', 'mlp_relu_64x64_nf32_bs64',
 )

@@ -1,4 +1,5 @@
-"""The nine 2-D optimisation test functions of Wichrowska et al. 2017 (SPEC 2.1), with their init boxes.
+"""The nine 2-D optimisation test functions of Wichrowska et al. 2017 (docs/algorithms.md §11.2), with their init
+boxes.
 
 With ``(x, y)`` the two parameters (https://www.sfu.ca/~ssurjano/optimization.html):
 

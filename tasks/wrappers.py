@@ -1,5 +1,5 @@
-"""Problem transformations of Wichrowska et al. 2017 (SPEC 2.1): gradient noise, sparse gradients, rescaling,
-log objective and sums of problems, each as a :class:`~tasks.base.Task` wrapper plus a family wrapper.
+"""Problem transformations of Wichrowska et al. 2017 (docs/algorithms.md §11.4): gradient noise, sparse gradients,
+rescaling, log objective and sums of problems, each as a :class:`~tasks.base.Task` wrapper plus a family wrapper.
 
 Gradient noise and gradient sparsity live inside the pure ``loss(params, key, batch)``: the loss VALUE stays the
 clean objective f, only its gradient changes, through ``stop_gradient`` terms that are exactly 0 in value:

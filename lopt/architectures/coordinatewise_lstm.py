@@ -1,7 +1,8 @@
 """The coordinatewise LSTM optimizer of Andrychowicz et al. 2016.
 
 Andrychowicz, Denil, Gomez, Hoffman, Pfau, Schaul, Shillingford, de Freitas, "Learning to learn by gradient descent
-by gradient descent", NeurIPS 2016; constants of the released ``learning-to-learn`` MNIST configuration (SPEC 6).
+by gradient descent", NeurIPS 2016; constants of the released ``learning-to-learn`` MNIST configuration
+(docs/algorithms.md §6, constants §6.3).
 
 One small two-layer LSTM is shared by every coordinate (parameter element); each coordinate has its own LSTM state.
 Per coordinate, with gradient ``g``::
@@ -44,8 +45,8 @@ from lopt import features
 class CoordinatewiseLSTMState(NamedTuple):
   """``cells`` and ``hiddens``: one ``[hidden_size, N]`` float32 array per layer, bottom first.
 
-  Kept per layer rather than stacked: stacking made XLA recompute the LSTM gates inside the concatenation (3x slower
-  step on CPU)."""
+  Kept per layer rather than stacked: stacking made XLA recompute the LSTM gates inside the concatenation (a much
+  slower step on CPU; docs/benchmarks.md, ``lopt/architectures/coordinatewise_lstm.py``)."""
   cells: tuple[jax.Array, ...]
   hiddens: tuple[jax.Array, ...]
 

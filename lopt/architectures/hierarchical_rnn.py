@@ -1,8 +1,8 @@
 r"""The hierarchical RNN learned optimizer of Wichrowska et al. 2017 as an optax transformation.
 
 Reference: O. Wichrowska, N. Maheswaranathan, M. W. Hoffman, S. Gomez Colmenarejo, M. Denil, N. de Freitas,
-J. Sohl-Dickstein, "Learned Optimizers that Scale and Generalize", ICML 2017. Every constant below is in SPEC.md
-section 1 (written from the released TensorFlow code).
+J. Sohl-Dickstein, "Learned Optimizers that Scale and Generalize", ICML 2017. Every constant below is listed, with its
+source (mostly the released TensorFlow code), in docs/algorithms.md §2 (initial values §2.8).
 
 Three levels of GRUs (:mod:`lopt.gru`), sharing weights across parameters and across tensors:
 
@@ -30,13 +30,13 @@ One step, for a parameter with gradient ``g`` (per element unless "per tensor" i
 
 **Global input: the mean over tensors (``global_input='mean'``, default).** The paper describes the global RNN as
 reading the tensor RNNs' states; the released code passed only the *last* tensor's state (a quirk of a loop variable,
-SPEC 1.3j), which makes the optimizer depend on the order of the parameter tree. We default to the paper's mean; the
-released behaviour is ``global_input='last'``.
+docs/algorithms.md §2.6), which makes the optimizer depend on the order of the parameter tree. We default to the
+paper's mean; the released behaviour is ``global_input='last'``.
 
-**Attention** (``use_attention=True``, SPEC 1.3k): a second direction ``delta_att`` (its own readout, initialised as a
-copy of ``w_upd``, and its own shortcut) gives a Nesterov-like lookahead. The state keeps the "true" parameters
-``theta_true <- theta_true - exp(l_step + o) delta``, and the returned update moves the parameters to the attended
-point ``theta_true_old - exp(l_step) delta_att``, where the next gradient is evaluated.
+**Attention** (``use_attention=True``, docs/algorithms.md §2.7): a second direction ``delta_att`` (its own readout,
+initialised as a copy of ``w_upd``, and its own shortcut) gives a Nesterov-like lookahead. The state keeps the "true"
+parameters ``theta_true <- theta_true - exp(l_step + o) delta``, and the returned update moves the parameters to the
+attended point ``theta_true_old - exp(l_step) delta_att``, where the next gradient is evaluated.
 
 Implementation notes.
 
@@ -48,35 +48,31 @@ Implementation notes.
   stored in the flat layout: 21 floats per parameter (``h`` 10, two decays, log learning rate, 4 momenta, 4 mean
   squares; +1 for the true parameter with attention), plus 20 floats per tensor and 20 global.
 * The GRU cell is ``flax.linen.GRUCell``'s (see :mod:`lopt.gru` for how it differs from the TF ``BiasGRUCell``).
-* Per-parameter learning-rate initialisation (SPEC 1.2) is random but ``optax``'s ``init(params)`` takes no key: it
-  is drawn from ``fold_in(PRNGKey(lr_init_seed), leaf_index)``, so it is deterministic given the config and the order
-  of the (non-None) leaves. ``l = U(log(lo)/2, log(hi)/2)`` per element plus one draw from the same range per tensor,
-  then clipped to ``[-max_log_lr, max_log_lr]``: a triangular distribution on ``[log lo, log hi]``.
+* Per-parameter learning-rate initialisation (docs/algorithms.md §2.8) is random but ``optax``'s ``init(params)``
+  takes no key: it is drawn from ``fold_in(PRNGKey(lr_init_seed), leaf_index)``, so it is deterministic given the
+  config and the order of the (non-None) leaves. ``l = U(log(lo)/2, log(hi)/2)`` per element plus one draw from the
+  same range per tensor, then clipped to ``[-max_log_lr, max_log_lr]``: a triangular distribution on
+  ``[log lo, log hi]``.
 * ``value`` (the loss) and any other keyword are accepted and ignored: this architecture does not read the loss.
-* Speed (784-64-10 MLP, 50,890 parameters, batch 128, one CPU core of a shared 2-core machine,
-  ``benchmarks/lopt_step_time.py``): the jitted training step costs ~12.5-13x ``optax.adam``'s in process CPU time
-  (update alone ~4.2-4.4 ms, ~37x Adam's update; the previous version measured ~13.4x / ~40x interleaved in the
-  same runs); wall-clock medians on the loaded machine are much noisier. The project's 6x target is not met, and
-  with float32 math on this CPU it looks out of reach: the parameter GRU alone takes ~2.5-2.8 ms, ~7x Adam's whole
-  step, and is compute-bound, not memory-bound (its matmul, ``[40, 22] @ [22, N]``, ~0.9-1.5 ms, runs at ~60-100
-  GFLOP/s; its elementwise part evaluates 3 transcendentals per unit and parameter, ~1.2 ms; splitting
-  the matmul to skip its zero blocks, tiling it over column blocks to keep ``[40, n]`` in cache, or writing it as
-  fused multiply-adds all measured slower). The features, their ``[22, N]`` stacking and the per-tensor means take
-  most of the rest (~1-1.5 ms). Measured choices that matter on CPU: feature-major layout; one matmul on
-  ``[features; h]`` behind an ``optimization_barrier`` (without it XLA rewrites ``W @ concat(a, b)`` into one matmul
-  per operand, each writing ``[40, N]``); per-tensor elementwise work with broadcast biases (a gathered ``[30, N]``
-  bias was ~4x slower, and XLA materialises a concatenation of per-tensor broadcasts over all ``N`` columns, ~1 ms
-  more); per-scale rows in the feature computation (no reductions over the short scale axis); per-tensor
-  means that avoid reducing column slices (XLA copies them first, see ``_Layout.segment_mean``); reading the
-  shortcut's scaled momenta back from the stacked block rather than recomputing them; ``sigmoid`` through ``tanh``
-  in the parameter GRU (``lopt.gru``); a one-logarithm ``asinh``.
+* Speed: most of the update's cost is the parameter GRU, which is compute-bound on CPU (its ``[40, 22] @ [22, N]``
+  matmul and 3 transcendentals per unit and parameter), then the features, their ``[22, N]`` stacking and the
+  per-tensor means. The measured costs, the project's target and the alternatives that measured slower (splitting
+  the matmul around its zero blocks, tiling it over column blocks, fused multiply-adds) are in docs/benchmarks.md
+  ("Optimizer step time"; "Measurements moved out of docstrings", ``lopt/architectures/hierarchical_rnn.py``).
+  Choices that measured faster on CPU: feature-major layout; one matmul on ``[features; h]`` behind an
+  ``optimization_barrier`` (without it XLA rewrites ``W @ concat(a, b)`` into one matmul per operand, each writing
+  ``[40, N]``); per-tensor elementwise work with broadcast biases (rather than a gathered ``[30, N]`` bias, or a
+  concatenation of per-tensor broadcasts, which XLA materialises over all ``N`` columns); per-scale rows in the feature
+  computation (no reductions over the short scale axis); per-tensor means that avoid reducing column slices (XLA copies
+  them first, see ``_Layout.segment_mean``); reading the shortcut's scaled momenta back from the stacked block rather
+  than recomputing them; ``sigmoid`` through ``tanh`` in the parameter GRU (``lopt.gru``); a one-logarithm ``asinh``.
 
 **At its initial (not meta-trained) weights** the optimizer descends, but slowly: the learned parts are random but
 the gradient shortcut (``w_gs`` ~ 0.25 each) makes ``delta`` a positive mix of RMS-normalised momenta, and the step
 is ``exp(l + o)`` with ``l`` around ``log 1e-4`` and ``o = -1``, ~4e-5 per unit-RMS direction. On a 10-dimensional
-quadratic with condition number 100 it lowers the loss by only ~2% in 500 steps (every step descends); it does not
-reach the 10x reduction the project asks of an untrained optimizer. With ``lr_init_range=(1e-2, 1e-2)`` the same
-initial weights reduce that quadratic by more than 10x (``tests/lopt/test_hierarchical_rnn.py`` pins both).
+quadratic with condition number 100 every step descends, but 500 steps lower the loss far less than 10x; with
+``lr_init_range=(1e-2, 1e-2)`` the same initial weights reduce it by more than 10x
+(``tests/lopt/test_hierarchical_rnn.py`` pins both; docs/algorithms.md §2.8).
 """
 
 from __future__ import annotations
@@ -93,7 +89,8 @@ import optax
 from lopt import base
 from lopt import gru
 
-# Constants of SPEC 1 that are not hyperparameters of the architecture (they define the initial weights).
+# Constants of docs/algorithms.md §2.8 that are not hyperparameters of the architecture (they define the initial
+# weights).
 _AFFINE_SCALE = 0.5  # hrnn_affine_scale: bias affines N(0, 0.5 / sqrt(fan_in))
 _READOUT_SCALE = 0.5  # hrnn_rnn_readout_scale
 _RMS_DECAY_BIAS_INIT = 3.2  # sigmoid(3.2) ~ 0.961
@@ -145,9 +142,9 @@ class _Layout(NamedTuple):
   def segment_mean(self, x: jax.Array) -> jax.Array:
     """Per-tensor means of a feature-major ``[F, N]`` block: ``[F, T]``; 0 for zero-size tensors.
 
-    Tensors are contiguous column ranges, so each sum is a reduction over a static slice (measured ~3x faster on CPU
-    than ``jax.ops.segment_sum``, whose scatter is not vectorised there). But XLA:CPU copies a column slice before
-    reducing it, ~3x the cost of reducing whole rows, so the largest tensor's sum is taken as the row totals minus the
+    Tensors are contiguous column ranges, so each sum is a reduction over a static slice (faster on CPU than
+    ``jax.ops.segment_sum``, whose scatter is not vectorised there). But XLA:CPU copies a column slice before reducing
+    it, which costs more than reducing whole rows, so the largest tensor's sum is taken as the row totals minus the
     other tensors' sums: the block is read once and only the smaller tensors' columns are copied. The subtraction
     adds an error of ~1 float32 ulp of the rows' absolute sums.
     """
@@ -180,7 +177,7 @@ def _affine(params, x):
 
 
 def _asinh(x):
-  """``arcsinh(x)`` to float32 rounding, with one logarithm (``jnp.arcsinh`` evaluates two branches, ~1.3x slower).
+  """``arcsinh(x)`` to float32 rounding, with one logarithm (``jnp.arcsinh`` evaluates two branches, and is slower).
 
   ``asinh|x| = log1p(|x| + x^2 / (1 + sqrt(1 + x^2)))``, accurate near 0; above 1e18, where ``x^2`` would overflow,
   ``asinh|x| = log(2|x|)`` to float32 rounding.
@@ -201,14 +198,18 @@ class HierarchicalRNN(base.LearnedOptimizer):
   """Hierarchical RNN optimizer (Wichrowska et al. 2017); see the module docstring for the math.
 
   Attributes:
-    cell_sizes: state sizes of the parameter, tensor and global GRUs (SPEC: 10, 20, 20).
-    num_scales: momentum / mean-square timescales (SPEC: 4), decays ``d, d^1/2, d^1/4, ...``.
+    cell_sizes: state sizes of the parameter, tensor and global GRUs (paper's released code: 10, 20, 20;
+      docs/algorithms.md §2.1).
+    num_scales: momentum / mean-square timescales (paper's released code: 4; docs/algorithms.md §2.3), decays
+      ``d, d^1/2, d^1/4, ...``.
     use_grad_products: add ``x_i x_{i+1}`` features.
     use_relative_log_ms: add ``log ms_i - mean_j log ms_j`` features.
     use_relative_lr: add ``l - mean(l)`` with the mean over all elements of all tensors.
-    lr_init_range: ``(lo, hi)``: initial log learning rates are triangular on ``[log lo, log hi]`` (SPEC 1.2).
-    max_log_lr: clip of the log learning rate (SPEC: 33); may be a traced scalar (``optax.inject_hyperparams``).
-    use_attention: the attention / lookahead of SPEC 1.3k (adds 1 state float per parameter).
+    lr_init_range: ``(lo, hi)``: initial log learning rates are triangular on ``[log lo, log hi]``
+      (docs/algorithms.md §2.8).
+    max_log_lr: clip of the log learning rate (paper's released code: 33; docs/algorithms.md §2.5); may be a traced
+      scalar (``optax.inject_hyperparams``).
+    use_attention: the attention / lookahead of docs/algorithms.md §2.7 (adds 1 state float per parameter).
     global_input: ``'mean'`` (paper, default): the global GRU reads the mean over tensors of the tensor GRUs' states;
       ``'last'`` (released code): only the last tensor's.
     lr_init_seed: seed of the per-parameter learning-rate initialisation (optax ``init`` has no key).

@@ -1,7 +1,7 @@
 """Adam with meta-learnable learning rate, decays and epsilon.
 
 Kingma & Ba 2015's update, with its four hyperparameters as meta-parameters (the ``TrainableAdam`` baseline of the
-hierarchical-RNN code, SPEC 1)::
+hierarchical-RNN code; docs/algorithms.md §7.1)::
 
   m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2;   t <- t + 1
   update = -lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)

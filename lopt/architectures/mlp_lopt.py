@@ -1,7 +1,8 @@
 """The per-parameter MLP learned optimizer of Metz et al. 2019.
 
 Metz, Maheswaranathan, Nixon, Freeman, Sohl-Dickstein, "Understanding and correcting pathologies in the training of
-learned optimizers", ICML 2019; the architecture of the released ``fast_rolling_mlp.py`` (SPEC 3.4).
+learned optimizers", ICML 2019; the architecture of the released ``fast_rolling_mlp.py`` (docs/algorithms.md
+§3).
 
 For every parameter ``w`` with gradient ``g``, at step ``t`` (0 on the first update), with decays
 ``beta_k in (0.5, 0.9, 0.99, 0.999, 0.9999)``::
@@ -61,7 +62,8 @@ class MLPLOpt(base.LearnedOptimizer):
   """Per-parameter MLP optimizer (Metz et al. 2019); see the module docstring for the math.
 
   Attributes:
-    hidden_sizes: widths of the hidden ReLU layers; SPEC: one layer of 32.
+    hidden_sizes: widths of the hidden ReLU layers (paper's released code: one layer of 32; docs/algorithms.md
+      §3.3).
     decays: momentum and second-moment decays.
     time_scales: ``tau`` of the ``tanh(t / tau - 1)`` features.
     include_rms: accumulate the second moment (default) or keep it 0 as the released code does (module docstring).

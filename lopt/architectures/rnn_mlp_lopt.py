@@ -1,8 +1,8 @@
 """The per-tensor LSTM + per-parameter MLP learned optimizer of Metz et al. 2020, with loss features.
 
 Metz, Maheswaranathan, Freeman, Poole, Sohl-Dickstein, "Tasks, stability, architecture, and compute: training more
-effective learned optimizers, and using them to train themselves", arXiv 2009.11243 (SPEC 4; the constants are those
-of the JAX re-implementation that says it "introduces" this model).
+effective learned optimizers, and using them to train themselves", arXiv 2009.11243 (docs/algorithms.md §5; the
+constants are those of the JAX re-implementation that says it "introduces" this model).
 
 One step, for a problem with ``T`` parameter tensors and ``N`` parameter elements:
 

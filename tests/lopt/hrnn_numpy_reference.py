@@ -1,10 +1,11 @@
-"""An independent float64 numpy implementation of the hierarchical RNN optimizer (SPEC.md section 1), for tests only.
+"""An independent float64 numpy implementation of the hierarchical RNN optimizer (docs/algorithms.md §2), for tests
+only.
 
-Written from SPEC 1 step by step, in the released code's structure rather than the library's: a Python loop over
-tensors, parameters batch-major (``[n, features]``), the first step detected as the released code does ("the mean
-squares are all zeros") instead of by a step counter, and no flattening or concatenation across tensors. It shares with
-the library only the meta-parameter dict layout (flax.linen.GRUCell's, see lopt/gru.py) so that both can be run on the
-same weights.
+Written from the equations of docs/algorithms.md §2.3-§2.6 step by step, in the released code's structure rather than
+the library's: a Python loop over tensors, parameters batch-major (``[n, features]``), the first step detected as the
+released code does ("the mean squares are all zeros") instead of by a step counter, and no flattening or concatenation
+across tensors. It shares with the library only the meta-parameter dict layout (flax.linen.GRUCell's, see lopt/gru.py)
+so that both can be run on the same weights.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def init_state(meta, params, log_lrs, use_attention=False):
 
 def features(tensor_state, grad, all_log_lr_mean, use_grad_products=True, use_relative_log_ms=True,
              use_relative_lr=True):
-  """SPEC 1.3 a-e for one tensor; returns (new grad_accum, new ms, x, extra features, full input [n, F])."""
+  """docs/algorithms.md §2.3, steps 1-4, for one tensor.
+
+  Returns (new grad_accum, new ms, x, extra features, full input [n, F]).
+  """
   g = np.asarray(grad, np.float64).reshape(-1)
   scales = tensor_state['grad_accum'].shape[1]
   decays = [tensor_state['inp_decay']]

@@ -1,4 +1,4 @@
-"""The learned-optimizer contract (lopt/base.py, DESIGN.md), checked for every architecture in BUILTIN_ARCHITECTURES.
+"""The learned-optimizer contract (lopt/base.py), checked for every architecture in BUILTIN_ARCHITECTURES.
 
 One suite, parameterised over the architectures' default constructors, as optax tests its optimizers: the calling
 convention, pytree state, jit / vmap / grad / scan, composition with optax's wrappers and flax.nnx.Optimizer, and the

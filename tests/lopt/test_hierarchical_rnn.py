@@ -1,4 +1,5 @@
-"""HierarchicalRNN (Wichrowska et al. 2017): agreement with an independent numpy reference of SPEC 1, and behaviour.
+"""HierarchicalRNN (Wichrowska et al. 2017): agreement with an independent numpy reference of docs/algorithms.md §2,
+and behaviour.
 
 The reference (hrnn_numpy_reference.py) runs in float64 per tensor; the library runs in float32 on one flat block.
 Tolerances: the features are O(1) values (asinh-scaled momenta, their products, log-ratios of mean squares up to
@@ -98,7 +99,8 @@ def test_meta_params_are_float32_dicts_with_spec_sizes():
   opt = HierarchicalRNN()
   meta = opt.init(jax.random.PRNGKey(0))
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(meta))
-  # SPEC 1 counts ~8,349 for the TF BiasGRUCell; the flax cell has one more bias vector (b_hn) per GRU: +10+20+20.
+  # The TF BiasGRUCell configuration counts 8,349 (docs/algorithms.md §2.9); the flax cell has one more bias vector
+  # (b_hn) per GRU: +10+20+20.
   assert sum(v.size for v in jax.tree.leaves(meta)) == 8349 + 50
   np.testing.assert_array_equal(meta['log_lr']['kernel'], 0.0)  # zero_init_lr_weights
   assert float(meta['rms_decay']['bias']) == np.float32(3.2) and float(meta['input_decay']['bias']) == np.float32(2.2)

@@ -1,4 +1,5 @@
-"""MLPLOpt (Metz et al. 2019, SPEC 3.4): features, MLP and output formula against an independent numpy reference."""
+"""MLPLOpt (Metz et al. 2019, docs/algorithms.md §3): features, MLP and output formula against an independent numpy
+reference."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ PARAMS = {'w': jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32).reshape(3, 4),
 
 
 def numpy_reference(meta_params, grads_seq, params, include_rms):
-  """SPEC 3.4 written out per tensor in float64: the updates of each step (params held fixed)."""
+  """docs/algorithms.md §3.1-§3.2 written out per tensor in float64: the updates of each step (params held fixed)."""
   meta = jax.tree.map(lambda x: np.asarray(x, np.float64), meta_params)
   names = sorted(params)  # jax's dict order
   m = {k: np.zeros((5,) + np.shape(params[k])) for k in names}

@@ -1,4 +1,5 @@
-"""RNNMLPLOpt (Metz et al. 2020, SPEC 4): features against numpy, the clipper, loss keywords, meta-gradients."""
+"""RNNMLPLOpt (Metz et al. 2020, docs/algorithms.md §5): features against numpy, the clipper, loss keywords,
+meta-gradients."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The Wichrowska et al. 2017 problem set: its families and counts (SPEC 2.2), the mapping API, every member runs."""
+"""The Wichrowska et al. 2017 problem set: its families and counts (docs/algorithms.md §11.5), the mapping API, every
+member runs."""
 
 import collections
 
@@ -12,7 +13,7 @@ from tasks import wrappers
 
 PROBLEMS = problem_sets.wichrowska2017()
 
-# SPEC 2.2's groups, by name pattern -> count.
+# The groups of docs/algorithms.md §11.5, by name pattern -> count.
 EXPECTED_GROUPS = {
     'quadratic_': 7,        # noisy quadratics (4, one clean) + large quadratics (3)
     'bowl_': 8,             # 4 bowls x {clean, noise 0.1}
