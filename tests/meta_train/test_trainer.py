@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import quadratic_fixture
-from meta_train import build, checkpoint, resume_state, trainer
+from meta_train import build, resume_state, trainer
 from meta_train import config as config_lib
 from meta_train.checkpoint import CheckpointManager
 
