@@ -40,7 +40,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from lopt import serialization
@@ -230,8 +229,8 @@ def train(config: config_lib.Config, out_dir: str, components: build.Components 
                           out_shardings=(state_shardings, sharding.replicated(mesh)))
 
   # Resume from the newest readable checkpoint, or start fresh.
-  manager = checkpoint.CheckpointManager(os.path.join(out_dir, CHECKPOINT_DIR), keep=run.keep_checkpoints,
-                                         write=is_main)
+  # Every process opens the checkpoints and calls save/restore; orbax coordinates the writes.
+  manager = checkpoint.CheckpointManager(os.path.join(out_dir, CHECKPOINT_DIR), keep=run.keep_checkpoints)
   restored = manager.restore_latest(state_shapes)
   resume_path = os.path.join(out_dir, resume_state.RESUME_FILE)
   if restored is not None:
@@ -268,13 +267,11 @@ def train(config: config_lib.Config, out_dir: str, components: build.Components 
   def save_checkpoint():
     host_state = sharding.to_host(state)  # a collective in multi-process runs: every process calls it
     # The state's own step counter, not `step`: an interrupt can land between the meta-step and `step += 1`.
+    # Every process calls save; it returns on each once the checkpoint is committed (so none can go on to read the
+    # directory and find the previous one).
     manager.save(int(host_state.step), host_state, metadata={'time': time.time()})
     if is_main:
       resume_state.save(resume_path, host_state, config)
-    if jax.process_count() > 1:
-      # The others wait until process 0 has written: one that went on to read the directory (a resume, when this
-      # was the last step) would otherwise find the previous checkpoint and diverge from process 0, deadlocking.
-      multihost_utils.sync_global_devices(f'checkpoint {int(host_state.step)} written')
 
   try:
     while step < run.meta_steps:
@@ -312,6 +309,7 @@ def train(config: config_lib.Config, out_dir: str, components: build.Components 
     raise
   finally:
     bar.close()
+    manager.close()
 
   meta_params = sharding.to_host(state.meta_params)
   if is_main:
