@@ -21,3 +21,17 @@ def training_set() -> problem_sets.ProblemSet:
   families = list(problem_sets.hrnn_training_set_v2().items())
   families += [(name, base.SingleTaskFamily(task)) for name, task in wide.items()]
   return problem_sets.ProblemSet('hrnn_round3', families)
+
+
+def pes_pilot_set() -> problem_sets.ProblemSet:
+  """A smaller set for the PES pilot of configs/hrnn_round3_pes_pilot.toml: two Wichrowska problems, the round's
+  ReLU and tanh networks of at most ~70k parameters, and the autoencoder (PES needs more instances per problem, so
+  fewer problems)."""
+  full = training_set()
+  names = ('quadratic_50_noise1', 'softmax_10_bs100_sep2', 'mlp_relu_64x64_nf32_bs64',
+           'synthetic_images_mlp_32x32_relu_bs32', 'synthetic_images_mlp_64_tanh_bs64',
+           'synthetic_images_autoencoder_64x16x64_relu_bs64')
+  missing = [n for n in names if n not in full]
+  if missing:
+    raise KeyError(f'pes_pilot_set: {missing} are not in the round-3 training set ({", ".join(full)}).')
+  return problem_sets.ProblemSet('hrnn_round3_pes_pilot', [(n, full[n]) for n in names])

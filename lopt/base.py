@@ -18,16 +18,29 @@ The transformation follows optax's calling convention::
 ``valid_value=``. Unknown keyword arguments are ignored, so the transformation composes in ``optax.chain`` with
 transformations that need other extra arguments.
 
-Input rules shared by every architecture (enforced by :func:`check_inputs`):
+Input rules shared by every architecture (enforced by :func:`check_inputs` and :func:`check_state`, which
+:func:`transformation` runs around every architecture's ``init`` and ``update``):
 
 * ``params`` is required: learned optimizers read the parameters as features.
+* ``init(params)`` and ``update`` apply the same rules to ``params`` (an integer leaf fails at ``init``, not later).
+* ``state`` must be what ``init`` makes for these params: a state made for another parameter tree raises a
+  ``ValueError`` saying what it was made for (rather than a broadcasting error deep inside the step).
 * ``grads`` and ``params`` must have the same tree structure and leaf shapes.
 * Every parameter leaf must be floating point. Integer or bool leaves raise ``TypeError``; exclude them with
   ``optax.masked`` or ``optax.partition``.
 * ``None`` leaves (optax-style masking) are empty subtrees: nothing is computed for them and their update is ``None``.
 * Zero-size leaves get zero-size updates; scalar leaves are treated as one-element tensors.
 * Low-precision parameters (float16, bfloat16) are computed in float32 internally and updates come back in the
-  parameter dtype; optimizer state is always float32.
+  parameter dtype; optimizer state is float32.
+* Every architecture has the hyperparameter ``state_dtype`` (``'float32'``, default, or ``'bfloat16'``; dtype objects
+  such as ``jnp.bfloat16`` are accepted): the dtype of its **per-parameter** state arrays, the ones whose size grows
+  with the number of parameters. bfloat16 halves their memory; the arithmetic stays float32 (state is cast up when
+  read and rounded when written), per-tensor and global state and counters keep their dtypes, and the
+  meta-parameters' shapes do not change (weights trained with float32 state run with bfloat16 state). bfloat16 keeps
+  8 bits of mantissa: an accumulator whose per-step change is below ~2^-9 of its value (a momentum with decay
+  0.9999 once it has grown, a slowly moving log learning rate) stops changing, so expect the updates to drift from
+  the float32 ones over long runs. float16 is refused: its range (smallest normal 6e-5) cannot hold the mean
+  squares of small gradients.
 * Non-finite gradients propagate into the update (as in ``optax.adam``); wrap the optimizer in
   ``optax.apply_if_finite`` to skip such steps and keep the state finite.
 """
@@ -51,7 +64,9 @@ class LearnedOptimizer(abc.ABC):
   """Base class of every architecture.
 
   Subclasses are ``@dataclasses.dataclass(frozen=True)`` whose fields are JSON-serialisable hyperparameters
-  (bool, int, float, str, or tuples of them). They set the class attribute ``name`` (the string recorded by
+  (bool, int, float, str, or tuples of them). Fields annotated ``float`` that do not set shapes may also hold a
+  traced JAX scalar (:func:`is_traced`), which is how ``optax.inject_hyperparams`` changes them during training;
+  such an architecture is used only to build its transformation (it cannot be hashed or saved). They set the class attribute ``name`` (the string recorded by
   :func:`lopt.save`) and implement :meth:`init` and :meth:`transform`.
   """
 
@@ -81,6 +96,39 @@ class LearnedOptimizer(abc.ABC):
     if unknown:
       raise ValueError(f'{cls.__name__} has no hyperparameter(s) {unknown}; valid names: {sorted(names)}.')
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+
+
+def is_traced(x) -> bool:
+  """Whether ``x`` is a JAX tracer: a float hyperparameter injected by ``optax.inject_hyperparams`` under ``jit``.
+
+  Architectures accept such values in their float fields and validate them only when concrete.
+  """
+  return isinstance(x, jax.core.Tracer)
+
+
+STATE_DTYPES = ('float32', 'bfloat16')
+
+
+def state_dtype_name(value, owner: str) -> str:
+  """The canonical name of a ``state_dtype`` hyperparameter (``'float32'`` or ``'bfloat16'``); ``ValueError`` else."""
+  try:
+    name = jnp.dtype(value).name
+  except TypeError:
+    name = None
+  if name not in STATE_DTYPES:
+    raise ValueError(f"{owner}.state_dtype must be 'float32' or 'bfloat16' (or jnp.float32 / jnp.bfloat16), got "
+                     f'{value!r}. float16 is not offered: mean squares of small gradients fall below its range.')
+  return name
+
+
+def to_state(x: jax.Array, state_dtype: str) -> jax.Array:
+  """Rounds a float32 per-parameter state array to ``state_dtype`` for storage (a no-op for float32)."""
+  return jnp.asarray(x, state_dtype)
+
+
+def from_state(x: jax.Array) -> jax.Array:
+  """A stored per-parameter state array as float32, for computing (a no-op for float32)."""
+  return jnp.asarray(x, jnp.float32)
 
 
 def _path_str(path) -> str:
@@ -113,6 +161,108 @@ def check_inputs(grads: Params, params: Params | None, optimizer_name: str) -> N
       raise ValueError(
           f'{optimizer_name}: gradient {_path_str(path)} has shape {jnp.shape(g)} but the parameter has shape '
           f'{jnp.shape(p)}.')
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def _signature_key(params) -> tuple:
+  leaves, treedef = jax.tree.flatten(params)
+  return treedef, tuple((tuple(jnp.shape(x)), str(jnp.result_type(x))) for x in leaves)
+
+
+def _probe_params(num_params: int, num_tensors: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """A tree of ``num_tensors`` float32 vectors with ``num_params`` elements in all (the first holds the surplus)."""
+  sizes = [num_params - num_tensors + 1] + [1] * (num_tensors - 1)
+  return {f'p{i}': jax.ShapeDtypeStruct((n,), jnp.float32) for i, n in enumerate(sizes)}
+
+
+def _made_for(init_fn, state) -> tuple[int | None, int | None]:
+  """``(parameters, tensors)`` that a flat-layout ``state`` was made for; None for what cannot be read off.
+
+  Flat-layout states (per-parameter arrays over all N elements, per-tensor arrays over the T leaves) have dimensions
+  affine in (N, T) whatever the tree's shape: three probe trees give the coefficients, and the state's dimensions
+  are solved for N and T (T is unknown when no array is per tensor). Tree-shaped states (``optax.adam``-like, one
+  array per leaf) change structure with the tree and give ``(None, None)``.
+  """
+  probes = [(1, 1), (2, 1), (2, 2)]
+  shapes = []
+  for n, t in probes:
+    probe_state = jax.eval_shape(init_fn, _probe_params(n, t))
+    if jax.tree.structure(probe_state) != jax.tree.structure(state):
+      return None, None
+    shapes.append([tuple(x.shape) for x in jax.tree.leaves(probe_state)])
+  got = [tuple(jnp.shape(x)) for x in jax.tree.leaves(state)]
+  if any(len(g) != len(s) for g, s in zip(got, shapes[0])):
+    return None, None
+  n = t = None
+  for g, s11, s21, s22 in zip(got, *shapes):
+    for d, a, b, c in zip(g, s11, s21, s22):
+      per_param, per_tensor = b - a, c - b
+      offset = a - per_param - per_tensor
+      if per_param and not per_tensor:
+        n = (d - offset) // per_param
+      elif per_tensor and not per_param:
+        t = (d - offset) // per_tensor
+  return n, t
+
+
+def check_state(state, params: Params, init_fn, optimizer_name: str, cache: dict | None = None) -> None:
+  """Raises if ``state`` is not shaped like ``init_fn(params)``; the message says what the state was made for.
+
+  Compares tree structure and leaf shapes with ``jax.eval_shape(init_fn, params)`` (no arrays are made; trace time
+  only under ``jit``). ``cache`` (a dict kept by the transformation) memoises the expected shapes per parameter
+  signature, so eager steps do not re-trace ``init``.
+  """
+  key = _signature_key(params)
+  expected = cache.get(key) if cache is not None else None
+  if expected is None:
+    expected = jax.eval_shape(init_fn, _abstract(params))
+    if cache is not None:
+      cache[key] = expected
+  fix = 'Call tx.init(params) with these params (one state per parameter tree).'
+  if type(state) is not type(expected):
+    raise TypeError(f'{optimizer_name}: the state is a {type(state).__name__}, but tx.init makes a '
+                    f'{type(expected).__name__}; pass the state that this transformation\'s init returned.')
+  leaves = jax.tree.leaves(params)
+  num_params, num_tensors = sum(math.prod(jnp.shape(x)) for x in leaves), len(leaves)
+  if jax.tree.structure(state) != jax.tree.structure(expected):
+    raise ValueError(f'{optimizer_name}: the state was made for another parameter tree (its structure is '
+                     f'{jax.tree.structure(state)}, these params need {jax.tree.structure(expected)}). {fix}')
+  for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(state)[0], jax.tree.leaves(expected)):
+    if tuple(jnp.shape(got)) != tuple(want.shape):
+      n, t = _made_for(init_fn, state)
+      if n is not None and t is not None:
+        raise ValueError(f'{optimizer_name}: the state was made for {n} parameters in {t} tensors but params have '
+                         f'{num_params} in {num_tensors}. {fix}')
+      if n is not None:
+        raise ValueError(f'{optimizer_name}: the state was made for {n} parameters but params have {num_params}. '
+                         f'{fix}')
+      raise ValueError(f'{optimizer_name}: the state was made for another parameter tree: state leaf '
+                       f'{_path_str(path)} has shape {tuple(jnp.shape(got))} but these params ({num_params} '
+                       f'parameters in {num_tensors} tensors) need {tuple(want.shape)}. {fix}')
+
+
+def transformation(optimizer_name: str, init_fn, update_fn) -> optax.GradientTransformationExtraArgs:
+  """The architecture's ``(init_fn, update_fn)`` as an optax transformation, with the shared checks of this module.
+
+  ``init`` checks its ``params`` (:func:`check_inputs`); ``update`` checks ``grads`` against ``params`` and the
+  ``state`` against what ``init`` makes for ``params`` (:func:`check_state`). The wrapped functions may assume valid
+  inputs.
+  """
+  expected_states: dict = {}
+
+  def checked_init(params):
+    check_inputs(params, params, optimizer_name)
+    return init_fn(params)
+
+  def checked_update(grads, state, params=None, **extra_args):
+    check_inputs(grads, params, optimizer_name)
+    check_state(state, params, init_fn, optimizer_name, expected_states)
+    return update_fn(grads, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(checked_init, checked_update)
 
 
 def leaves_f32(tree: Params) -> list[jax.Array]:

@@ -30,9 +30,8 @@ def flatten(leaves: Sequence[jax.Array]) -> jax.Array:
   return jnp.concatenate([jnp.ravel(x) for x in leaves])
 
 
-def flat_inputs(grads, params, optimizer_name: str) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
-  """Checks the inputs (:func:`lopt.base.check_inputs`) and returns float32 ``(g [N], w [N], sizes)``."""
-  base.check_inputs(grads, params, optimizer_name)
+def flat_inputs(grads, params) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
+  """Float32 ``(g [N], w [N], sizes)``, for inputs already checked by :func:`lopt.base.transformation`."""
   param_leaves = base.leaves_f32(params)
   sizes = tuple(int(x.size) for x in param_leaves)
   return flatten(base.leaves_f32(grads)), flatten(param_leaves), sizes

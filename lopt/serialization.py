@@ -25,7 +25,7 @@ checks that the stored leaves are exactly the tree ``optimizer.init(key)`` would
 a file written for another version of an architecture fails loudly, naming the leaf, instead of loading garbage.
 
 Writes are atomic (a temporary file in the same directory, then ``os.replace``): a crash never leaves a half-written
-file under the final name.
+file under the final name. The file gets the permissions of any new file (0o666 less the process umask).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -141,8 +141,7 @@ def save(path: str | os.PathLike, optimizer: base.LearnedOptimizer, meta_params:
   members = {p: _storable(a) for p, a in zip(paths, arrays)}
   members[HEADER_KEY] = np.frombuffer(json.dumps(header, indent=1).encode('utf-8'), np.uint8)
 
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp_path = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
+  fd, tmp_path = _create_temporary(path)
   try:
     with os.fdopen(fd, 'wb') as f:
       np.savez(f, **members)
@@ -153,6 +152,24 @@ def save(path: str | os.PathLike, optimizer: base.LearnedOptimizer, meta_params:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
     raise
+
+
+def _create_temporary(path: str) -> tuple[int, str]:
+  """Opens a new temporary file next to ``path``; returns ``(fd, its path)``.
+
+  Created with mode 0o666 filtered by the process umask, like any file the user writes (``tempfile.mkstemp`` would
+  force 0o600, and ``os.replace`` keeps the temporary's mode, so saved optimizers would be unreadable by the group).
+  ``O_EXCL`` with a random name gives mkstemp's guarantee that no other file is reused.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0)
+  for _ in range(100):
+    tmp_path = os.path.join(directory, f'.{os.path.basename(path)}.{secrets.token_hex(6)}.tmp')
+    try:
+      return os.open(tmp_path, flags, 0o666), tmp_path
+    except FileExistsError:
+      continue
+  raise FileExistsError(f'lopt.save: could not create a temporary file next to {path!r} (100 names taken).')
 
 
 def _read_members(path: str) -> dict[str, np.ndarray]:

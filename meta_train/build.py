@@ -18,18 +18,30 @@ Custom hooks receive:
 
 from __future__ import annotations
 
+import collections.abc as abc_types
 import importlib
 import inspect
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from evaluation import periodic
+from lopt import serialization
+from lopt.architectures import BUILTIN_ARCHITECTURES
 from meta_train import config as config_lib
+from meta_train import objectives, truncation_schedules
+from meta_train.base import GradientEstimator
 from meta_train.config import ConfigError
+from meta_train.hybrid import HybridEstimator
+from meta_train.truncated_backprop import TruncatedBackprop
+from meta_train.truncated_es import TruncatedES
+from meta_train.truncated_pes import TruncatedPES
+from tasks.base import SingleTaskFamily, Task, TaskFamily
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -131,8 +143,6 @@ def _accepted_kinds(annotation) -> set[str] | None:
   if annotation is str:
     return {'str'}
   if isinstance(annotation, type):
-    import collections.abc as abc_types  # pylint: disable=import-outside-toplevel
-    import numpy as np  # pylint: disable=import-outside-toplevel
     if issubclass(annotation, np.generic):  # numpy scalar types
       return {'bool'} if issubclass(annotation, np.bool_) else {'int', 'float'}
     if issubclass(annotation, (np.ndarray, jax.Array)):
@@ -161,43 +171,37 @@ def _tuples(kwargs: dict) -> dict:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
-def _choose(name: str, table: dict[str, Callable[[], Any]], field: str) -> Any:
-  """A built-in by ``name`` from ``table`` (values are zero-argument loaders), or a ``module:attr`` hook."""
+def _choose(name: str, table: dict[str, Any], field: str) -> Any:
+  """A built-in by ``name`` from ``table``, or a ``module:attr`` hook."""
   if ':' in name:
     return import_attr(name, field)
   if name not in table:
     raise ConfigError(f'config field {field!r}: unknown name {name!r}.{config_lib._closest(name, table)} '  # pylint: disable=protected-access
                       'Or give "package.module:attr" for your own.')
-  return table[name]()
-
-
-def _lazy(module: str, attr: str) -> Callable[[], Any]:
-  def load():
-    return getattr(importlib.import_module(module), attr)
-  return load
+  return table[name]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The built-in names. Loaders import lazily so that a config only needs the modules it uses.
+# The built-in names. Adding a component is one module plus one line in its table.
 
-ESTIMATORS: dict[str, Callable[[], Any]] = {
-    'tbptt': _lazy('meta_train.truncated_backprop', 'TruncatedBackprop'),
-    'es': _lazy('meta_train.truncated_es', 'TruncatedES'),
-    'pes': _lazy('meta_train.truncated_pes', 'TruncatedPES'),
-    'hybrid': _lazy('meta_train.hybrid', 'HybridEstimator'),
+ESTIMATORS: dict[str, Callable[..., Any]] = {
+    'tbptt': TruncatedBackprop,
+    'es': TruncatedES,
+    'pes': TruncatedPES,
+    'hybrid': HybridEstimator,
 }
 
-TRUNCATION_SCHEDULES: dict[str, Callable[[], Any]] = {
-    'constant': _lazy('meta_train.truncation_schedules', 'ConstantTruncation'),
-    'log_uniform': _lazy('meta_train.truncation_schedules', 'LogUniformTruncation'),
-    'wichrowska': _lazy('meta_train.truncation_schedules', 'WichrowskaTruncation'),
-    'linear_increasing': _lazy('meta_train.truncation_schedules', 'LinearIncreasingTruncation'),
+TRUNCATION_SCHEDULES: dict[str, Callable[..., Any]] = {
+    'constant': truncation_schedules.ConstantTruncation,
+    'log_uniform': truncation_schedules.LogUniformTruncation,
+    'wichrowska': truncation_schedules.WichrowskaTruncation,
+    'linear_increasing': truncation_schedules.LinearIncreasingTruncation,
 }
 
-OBJECTIVES: dict[str, Callable[[], Any]] = {
-    'log_normalized_train': _lazy('meta_train.objectives', 'LogNormalizedTrainLoss'),
-    'clipped_outer_valid': _lazy('meta_train.objectives', 'ClippedOuterValidLoss'),
-    'final_loss': _lazy('meta_train.objectives', 'FinalLoss'),
+OBJECTIVES: dict[str, Callable[..., Any]] = {
+    'log_normalized_train': objectives.LogNormalizedTrainLoss,
+    'clipped_outer_valid': objectives.ClippedOuterValidLoss,
+    'final_loss': objectives.FinalLoss,
 }
 
 
@@ -206,8 +210,8 @@ TASK_MODULES = ('tasks.families', 'tasks.problem_sets', 'tasks.image_families', 
 
 
 def _task_source(name: str) -> Any:
-  """The public callable ``name`` of the first module of :data:`TASK_MODULES` that has it (imported lazily: the
-  image modules pull in flax and datasets), or a ``module:attr`` hook."""
+  """The public callable ``name`` of the first module of :data:`TASK_MODULES` that has it, or a ``module:attr``
+  hook."""
   if ':' in name:
     return import_attr(name, 'tasks.family')
   known = []
@@ -228,9 +232,7 @@ def _task_source(name: str) -> Any:
 
 
 def build_architecture(cfg: config_lib.LearnedOptimizerConfig):
-  from lopt.architectures import BUILTIN_ARCHITECTURES  # pylint: disable=import-outside-toplevel
-  table = {name: (lambda c=cls: c) for name, cls in BUILTIN_ARCHITECTURES.items()}
-  cls = _choose(cfg.architecture, table, 'learned_optimizer.architecture')
+  cls = _choose(cfg.architecture, BUILTIN_ARCHITECTURES, 'learned_optimizer.architecture')
   return call(cls, cfg.hparams, 'learned_optimizer.hparams')
 
 
@@ -238,7 +240,6 @@ def build_init_meta_params(architecture, cfg: config_lib.LearnedOptimizerConfig)
   """``architecture.init``, or a function returning the meta-parameters of ``cfg.init_from``."""
   if not cfg.init_from:
     return architecture.init
-  from lopt import serialization  # pylint: disable=import-outside-toplevel
   try:
     loaded_arch, meta_params = serialization.load(cfg.init_from, {architecture.name: type(architecture)})
   except (serialization.LoptFileError, OSError) as e:
@@ -264,7 +265,6 @@ def build_families(cfg: config_lib.TasksConfig, seed: int = 0) -> list:
   classmethod (``kwargs`` go to it), a class whose instances have ``sample_structure`` (``kwargs`` go to the
   constructor), or a function ``f(key, **kwargs) -> TaskFamily``; ``n`` structures are drawn from ``seed``.
   """
-  from tasks.base import Task, TaskFamily, SingleTaskFamily  # pylint: disable=import-outside-toplevel
   source = _task_source(cfg.family)
   made = None
   if cfg.num_structures:
@@ -342,10 +342,27 @@ def build_estimator(cfg: config_lib.EstimatorConfig, architecture, families, num
               num_tasks=num_tasks, truncation_schedule=schedule, objective=objective)
 
 
-def build(config: config_lib.Config):
+class Components(NamedTuple):
+  """The built pieces of a run (see :func:`meta_train.build.build`).
+
+  Attributes:
+    architecture: the learned optimizer being meta-trained (a :class:`lopt.LearnedOptimizer`).
+    init_meta_params: ``key -> meta_params`` (``architecture.init``, or a function returning loaded parameters).
+    estimator: the :class:`meta_train.GradientEstimator`.
+    meta_optimizer: the optax transformation applied to meta-gradients (clipping included).
+    ensemble_size: the length of the ensemble axis of the estimator state (the number of task instances).
+    evaluate: ``meta_params -> dict of floats`` (see :mod:`evaluation.periodic`), or ``None``.
+  """
+  architecture: Any
+  init_meta_params: Callable[[jax.Array], Any]
+  estimator: GradientEstimator
+  meta_optimizer: optax.GradientTransformation
+  ensemble_size: int
+  evaluate: Callable[[Any], dict] | None = None
+
+
+def build(config: config_lib.Config) -> Components:
   """Builds every component of a run; raises ``ConfigError`` naming the field for anything the config gets wrong."""
-  from evaluation import periodic  # pylint: disable=import-outside-toplevel
-  from meta_train.trainer import Components  # pylint: disable=import-outside-toplevel
 
   architecture = build_architecture(config.learned_optimizer)
   families = build_families(config.tasks, config.run.seed)

@@ -24,7 +24,6 @@ multi-process run only process 0 writes.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,8 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+
+from lopt import serialization
 
 FORMAT_NAME = 'meta-train-checkpoint'
 FORMAT_VERSION = 1
@@ -52,26 +53,14 @@ class Restored(NamedTuple):
   path: str
 
 
-def _path_key(path) -> str:
-  return jax.tree_util.keystr(path) or '<root>'
+# One definition of the pickle-free leaf encoding, shared with lopt.save's format (lopt/serialization.py).
+_path_key = serialization._leaf_key  # pylint: disable=protected-access
+_storable = serialization._storable  # pylint: disable=protected-access
+_digest = serialization._digest  # pylint: disable=protected-access
 
 
 def _is_key_array(x) -> bool:
   return hasattr(x, 'dtype') and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _storable(array: np.ndarray) -> np.ndarray:
-  """``array`` as numpy writes it without pickle: extension dtypes (bfloat16, float8) as raw unsigned integers."""
-  if array.dtype.isbuiltin == 1 and array.dtype.kind in 'biufc':
-    return array
-  return array.view(np.dtype(f'u{array.dtype.itemsize}'))
-
-
-def _digest(arrays) -> str:
-  sha = hashlib.sha256()
-  for a in arrays:
-    sha.update(np.ascontiguousarray(a).tobytes())
-  return sha.hexdigest()
 
 
 def os_error_message(e: OSError, what: str) -> str:

@@ -40,14 +40,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from lopt import serialization
+from meta_train import build
 from meta_train import checkpoint
 from meta_train import config as config_lib
 from meta_train import logging as run_logging
 from meta_train import resume_state
 from meta_train import sharding
-from meta_train.base import GradientEstimator
 
 CONFIG_FILE = 'config.toml'
 FINAL_FILE = 'final.npz'
@@ -57,25 +59,6 @@ PLOT_INTERVAL_SECONDS = 60.0
 
 class OutputDirError(config_lib.ConfigError):
   """The output directory cannot be used (not a directory, unwritable, or holds a run with another config)."""
-
-
-class Components(NamedTuple):
-  """The built pieces of a run (see :func:`meta_train.build.build`).
-
-  Attributes:
-    architecture: the learned optimizer being meta-trained (a :class:`lopt.LearnedOptimizer`).
-    init_meta_params: ``key -> meta_params`` (``architecture.init``, or a function returning loaded parameters).
-    estimator: the :class:`meta_train.GradientEstimator`.
-    meta_optimizer: the optax transformation applied to meta-gradients (clipping included).
-    ensemble_size: the length of the ensemble axis of the estimator state (the number of task instances).
-    evaluate: ``meta_params -> dict of floats`` (see :mod:`evaluation.periodic`), or ``None``.
-  """
-  architecture: Any
-  init_meta_params: Callable[[jax.Array], Any]
-  estimator: GradientEstimator
-  meta_optimizer: optax.GradientTransformation
-  ensemble_size: int
-  evaluate: Callable[[Any], dict] | None = None
 
 
 class TrainState(NamedTuple):
@@ -100,7 +83,7 @@ class TrainResult(NamedTuple):
 # The pure functions that jit compiles.
 
 
-def init_state(components: Components, key: jax.Array) -> TrainState:
+def init_state(components: build.Components, key: jax.Array) -> TrainState:
   params_key, estimator_key, run_key = jax.random.split(key, 3)
   meta_params = components.init_meta_params(params_key)
   return TrainState(
@@ -113,7 +96,7 @@ def init_state(components: Components, key: jax.Array) -> TrainState:
       inner_nonfinite_resets=jnp.zeros((), jnp.float32))
 
 
-def draw_branch(components: Components, key: jax.Array) -> int | None:
+def draw_branch(components: build.Components, key: jax.Array) -> int | None:
   """On the host: the estimator branch of the meta-step whose state holds the PRNG key ``key`` (concrete), or
   ``None`` for an estimator with one branch (the usual case: the step needs no specialisation)."""
   estimator = components.estimator
@@ -123,7 +106,7 @@ def draw_branch(components: Components, key: jax.Array) -> int | None:
   return int(estimator.sample_branch(estimate_key))
 
 
-def meta_step(components: Components, state: TrainState,
+def meta_step(components: build.Components, state: TrainState,
               branch: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One truncation, one meta-gradient, one (possibly skipped) meta-optimizer step.
 
@@ -206,7 +189,7 @@ def prepare_output_dir(out_dir: str, config: config_lib.Config, write: bool = Tr
 # The loop.
 
 
-def train(config: config_lib.Config, out_dir: str, components: Components | None = None, *,
+def train(config: config_lib.Config, out_dir: str, components: build.Components | None = None, *,
           progress: bool = True) -> TrainResult:
   """Meta-trains as ``config`` says, writing everything to ``out_dir``; resumes if ``out_dir`` holds a checkpoint.
 
@@ -228,7 +211,6 @@ def train(config: config_lib.Config, out_dir: str, components: Components | None
   is_main = jax.process_index() == 0
   prepare_output_dir(out_dir, config, write=False)  # refuse a mismatched run before spending time on building
   if components is None:
-    from meta_train import build  # pylint: disable=import-outside-toplevel
     components = build.build(config)
   if is_main:
     prepare_output_dir(out_dir, config)  # written only once the config has proven buildable
@@ -289,6 +271,10 @@ def train(config: config_lib.Config, out_dir: str, components: Components | None
     manager.save(int(host_state.step), host_state, metadata={'time': time.time()})
     if is_main:
       resume_state.save(resume_path, host_state, config)
+    if jax.process_count() > 1:
+      # The others wait until process 0 has written: one that went on to read the directory (a resume, when this
+      # was the last step) would otherwise find the previous checkpoint and diverge from process 0, deadlocking.
+      multihost_utils.sync_global_devices(f'checkpoint {int(host_state.step)} written')
 
   try:
     while step < run.meta_steps:
@@ -344,7 +330,7 @@ class _BranchedStep:
   same ``jax.jit`` arguments (shardings), so the programs differ only in the branch they trace.
   """
 
-  def __init__(self, components: Components, **jit_kwargs):
+  def __init__(self, components: build.Components, **jit_kwargs):
     self.components = components
     self.jit_kwargs = jit_kwargs
     self.steps: dict[int | None, Callable] = {}
@@ -365,7 +351,6 @@ def _evaluation_due(config: config_lib.Config, step: int) -> bool:
 
 
 def _save_final(path: str, architecture, meta_params) -> None:
-  from lopt import serialization  # pylint: disable=import-outside-toplevel
   try:
     serialization.save(path, architecture, meta_params)
   except OSError as e:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lopt import features
-from lopt.coordinatewise_lstm import CoordinatewiseLSTM
+from lopt.architectures.coordinatewise_lstm import CoordinatewiseLSTM
 
 PARAMS = {'w': jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32).reshape(3, 4), 's': jnp.asarray(0.75, jnp.float32)}
 

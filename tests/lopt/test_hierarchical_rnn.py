@@ -20,7 +20,7 @@ import pytest
 
 import hrnn_numpy_reference as ref  # tests/lopt is on sys.path (pytest's rootdir-relative import of test modules)
 from lopt import gru
-from lopt.hierarchical_rnn import HierarchicalRNN, HierarchicalRNNState
+from lopt.architectures.hierarchical_rnn import HierarchicalRNN, HierarchicalRNNState
 
 SHAPES = {'b': (5,), 's': (), 'w': (3, 4)}  # jax.tree.leaves order: b, s, w (sorted keys)
 NUM_PARAMS = 5 + 1 + 12
@@ -377,3 +377,34 @@ def test_initial_weights_descend_slowly_on_ill_conditioned_quadratic():
 def test_initial_weights_with_larger_initial_learning_rate_reduce_quadratic_tenfold():
   losses, final = quadratic_run(HierarchicalRNN(lr_init_range=(1e-2, 1e-2)))
   assert final < losses[0] / 10
+
+
+def test_relative_steps_scale_with_the_parameters_rms_and_keep_shapes():
+  """step_scale='relative': a step is exp(l + o) delta times its tensor's parameter RMS (floored), so multiplying
+  the parameters by c (gradients fixed) multiplies the update by c, and the meta-parameters are those of 'absolute'."""
+  absolute = HierarchicalRNN(lr_init_range=(1e-3, 1e-3))
+  relative = HierarchicalRNN(lr_init_range=(1e-3, 1e-3), step_scale='relative')
+  meta = absolute.init(jax.random.PRNGKey(0))
+  assert jax.tree.map(jnp.shape, relative.init(jax.random.PRNGKey(0))) == jax.tree.map(jnp.shape, meta)
+  grads = {'w': jnp.array([[0.3, -1.0], [2.0, 0.5]]), 'b': jnp.array([0.1, -0.2])}
+  params = {'w': jnp.array([[1.0, -2.0], [0.5, 3.0]]), 'b': jnp.zeros(2)}
+
+  def first_update(arch, params):
+    tx = arch.transform(meta)
+    return tx.update(grads, tx.init(params), params)[0]
+
+  base_update = first_update(absolute, params)
+  rms_w = float(jnp.sqrt(jnp.mean(params['w'] ** 2)))
+  for scale in (1.0, 10.0):
+    scaled = {'w': scale * params['w'], 'b': params['b']}
+    got = first_update(relative, scaled)
+    # The parameters enter only through the RMS factor (no feature reads them): exact up to float32 rounding.
+    np.testing.assert_allclose(got['w'], scale * rms_w * base_update['w'], rtol=1e-5)
+    np.testing.assert_allclose(got['b'], relative.relative_step_floor * base_update['b'], rtol=1e-5)
+
+
+def test_step_scale_and_floor_are_checked():
+  with pytest.raises(ValueError, match="step_scale must be 'absolute'"):
+    HierarchicalRNN(step_scale='adaptive')
+  with pytest.raises(ValueError, match='relative_step_floor must be a finite number > 0'):
+    HierarchicalRNN(step_scale='relative', relative_step_floor=0.0)

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt.learnable_adam import LearnableAdam
+from lopt.architectures.learnable_adam import LearnableAdam
 
 PARAMS = {'w': jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32).reshape(3, 4),
           'b': jnp.linspace(0.5, -0.25, 4, dtype=jnp.float32), 's': jnp.asarray(0.75, jnp.float32)}

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt.learnable_sgdm import LearnableSGDM
+from lopt.architectures.learnable_sgdm import LearnableSGDM
 
 PARAMS = {'w': jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32).reshape(3, 4), 's': jnp.asarray(0.75, jnp.float32)}
 

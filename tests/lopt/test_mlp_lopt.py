@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lopt.mlp_lopt import MLPLOpt
+from lopt.architectures.mlp_lopt import MLPLOpt
 
 DECAYS = np.array([0.5, 0.9, 0.99, 0.999, 0.9999])
 TIMESCALES = np.array([3, 10, 30, 100, 300, 1e3, 3e3, 1e4, 3e5])
@@ -102,3 +102,25 @@ def test_update_step_size_is_one_thousandth_of_direction():
 def test_invalid_hyperparameter_raises_naming_it(field, value):
   with pytest.raises(ValueError, match=field):
     MLPLOpt(**{field: value})
+
+
+def test_relative_steps_scale_with_each_tensors_parameter_rms():
+  """step_scale='relative' multiplies each tensor's step by max(rms(w), floor); the meta-parameters are shared."""
+  absolute = MLPLOpt()
+  relative = MLPLOpt(step_scale='relative')
+  meta = absolute.init(jax.random.PRNGKey(0))
+  params = {'w': jnp.array([[1.0, -2.0], [0.5, 3.0]]), 'b': jnp.zeros(2)}
+  grads = {'w': jnp.array([[0.3, -1.0], [2.0, 0.5]]), 'b': jnp.array([0.1, -0.2])}
+
+  def first_update(arch):
+    tx = arch.transform(meta)
+    return tx.update(grads, tx.init(params), params)[0]
+
+  base_update, got = first_update(absolute), first_update(relative)
+  rms_w = float(jnp.sqrt(jnp.mean(params['w'] ** 2)))
+  np.testing.assert_allclose(got['w'], rms_w * base_update['w'], rtol=1e-5)
+  np.testing.assert_allclose(got['b'], relative.relative_step_floor * base_update['b'], rtol=1e-5)
+  with pytest.raises(ValueError, match="step_scale must be 'absolute'"):
+    MLPLOpt(step_scale='adaptive')
+  with pytest.raises(ValueError, match='relative_step_floor must be a finite number > 0'):
+    MLPLOpt(relative_step_floor=-1.0)

@@ -11,8 +11,8 @@ import optax
 import pytest
 
 from lopt import features
-from lopt import rnn_mlp_lopt
-from lopt.rnn_mlp_lopt import RNNMLPLOpt
+from lopt.architectures import rnn_mlp_lopt
+from lopt.architectures.rnn_mlp_lopt import RNNMLPLOpt
 
 PARAMS = {'w': jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32).reshape(3, 4),
           'b': jnp.linspace(0.5, -0.25, 4, dtype=jnp.float32), 's': jnp.asarray(0.75, jnp.float32)}

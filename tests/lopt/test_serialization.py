@@ -170,6 +170,18 @@ def test_save_overwrites_atomically_and_leaves_no_temporary_file(tmp_path, monke
   _assert_trees_equal(serialization.load(path, architectures=TOY)[1], first)
 
 
+@pytest.mark.parametrize('umask', [0o022, 0o077, 0o002])
+def test_saved_file_gets_the_permissions_of_any_new_file(tmp_path, umask):
+  # 0o666 less the umask, as open() gives; mkstemp's 0o600 made saved optimizers unreadable to the group.
+  previous = os.umask(umask)
+  try:
+    serialization.save(tmp_path / 'toy.npz', ScaledSGD(), ScaledSGD().init(jax.random.key(0)))
+  finally:
+    os.umask(previous)
+  assert (tmp_path / 'toy.npz').stat().st_mode & 0o777 == 0o666 & ~umask
+  assert os.listdir(tmp_path) == ['toy.npz']
+
+
 # ------------------------------------------------------------------------------------------------ errors on save
 
 

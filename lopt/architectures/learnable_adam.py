@@ -21,7 +21,7 @@ which are exactly ``exp(x)`` and ``sigmoid(x)``, ``sigmoid(-x)`` as functions of
 up to float rounding, same derivatives), with ``lr_0``, ``b_0``, ``1 - b_0`` rounded to float32 from double
 precision as optax does. Arithmetic is then in optax's order.
 
-State: optax's (``count``, ``mu``, ``nu``), with ``mu`` and ``nu`` trees shaped like the params, always float32.
+State: optax's (``count``, ``mu``, ``nu``), with ``mu`` and ``nu`` trees shaped like the params, in ``state_dtype``.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ class LearnableAdam(base.LearnedOptimizer):
   """Adam whose learning rate, ``b1``, ``b2`` and ``eps`` are meta-parameters; the fields are their initial values.
 
   At :meth:`init`'s meta-parameters, ``transform(meta_params)`` equals ``optax.adam(learning_rate, b1, b2, eps)``
-  (bitwise, tested). ``value`` and other keywords are ignored.
+  (bitwise, tested). ``value`` and other keywords are ignored. ``state_dtype`` is the dtype of ``mu`` and ``nu``
+  (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`), like ``optax.adam``'s ``mu_dtype``.
   """
   name = 'learnable_adam'
 
@@ -93,8 +94,10 @@ class LearnableAdam(base.LearnedOptimizer):
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
+  state_dtype: str = 'float32'
 
   def __post_init__(self):
+    object.__setattr__(self, 'state_dtype', base.state_dtype_name(self.state_dtype, 'LearnableAdam'))
     if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
       raise ValueError(f'LearnableAdam.learning_rate must be positive and finite (it is learned in log space), '
                        f'got {self.learning_rate}.')
@@ -128,17 +131,16 @@ class LearnableAdam(base.LearnedOptimizer):
   def transform(self, meta_params: base.MetaParams) -> optax.GradientTransformationExtraArgs:
 
     def init_fn(params):
-      zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)
+      zeros = lambda p: jnp.zeros(jnp.shape(p), self.state_dtype)
       return LearnableAdamState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(zeros, params),
                                 nu=jax.tree.map(zeros, params))
 
     def update_fn(grads, state, params=None, *, value=None, **extra_args):
       del value, extra_args
-      base.check_inputs(grads, params, 'LearnableAdam')
       hp = self.hyperparameters(meta_params)
       grads = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), grads)
-      mu = jax.tree.map(lambda g, m: hp['one_minus_b1'] * g + hp['b1'] * m, grads, state.mu)
-      nu = jax.tree.map(lambda g, v: hp['one_minus_b2'] * (g ** 2) + hp['b2'] * v, grads, state.nu)
+      mu = jax.tree.map(lambda g, m: hp['one_minus_b1'] * g + hp['b1'] * base.from_state(m), grads, state.mu)
+      nu = jax.tree.map(lambda g, v: hp['one_minus_b2'] * (g ** 2) + hp['b2'] * base.from_state(v), grads, state.nu)
       count = optax.safe_increment(state.count)
       # Bias corrections as optax computes them: 1 - b^t in float32, t promoted from int32.
       mu_correction = _bias_correction(hp['b1'], count)
@@ -146,6 +148,8 @@ class LearnableAdam(base.LearnedOptimizer):
       root = _sqrt_with_zero_slope_at_zero
       step = lambda m, v: (m / mu_correction) / (root(v / nu_correction) + hp['eps']) * -hp['learning_rate']
       updates = jax.tree.map(step, mu, nu)
-      return base.updates_like(params, jax.tree.leaves(updates)), LearnableAdamState(count=count, mu=mu, nu=nu)
+      store = lambda tree: jax.tree.map(lambda x: base.to_state(x, self.state_dtype), tree)
+      return base.updates_like(params, jax.tree.leaves(updates)), LearnableAdamState(count=count, mu=store(mu),
+                                                                                     nu=store(nu))
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return base.transformation('LearnableAdam', init_fn, update_fn)

@@ -66,7 +66,13 @@ class MLPLOpt(base.LearnedOptimizer):
     time_scales: ``tau`` of the ``tanh(t / tau - 1)`` features.
     include_rms: accumulate the second moment (default) or keep it 0 as the released code does (module docstring).
     step_multiplier: the 0.001 in ``d exp(magnitude_rate mu) step_multiplier``.
-    magnitude_rate: the 0.001 inside the exponential.
+    magnitude_rate: the 0.001 inside the exponential. Both may be traced scalars (``optax.inject_hyperparams``).
+    state_dtype: dtype of the momentum and second-moment arrays (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`).
+    step_scale: ``'absolute'`` (paper): the step as above. ``'relative'``: that step multiplied by the tensor's
+      parameter RMS, ``max(rms(w), relative_step_floor)`` (as :class:`lopt.HierarchicalRNN`'s option of the same
+      name, which explains why: absolute steps that suit O(1) parameters are ``sqrt(fan_in)`` times too large for a
+      wide layer's weights). No meta-parameter changes shape.
+    relative_step_floor: the smallest parameter RMS ``'relative'`` scales by (biases at zero still move).
   """
   name = 'mlp_lopt'
 
@@ -76,8 +82,18 @@ class MLPLOpt(base.LearnedOptimizer):
   include_rms: bool = True
   step_multiplier: float = 1e-3
   magnitude_rate: float = 1e-3
+  state_dtype: str = 'float32'
+  step_scale: str = 'absolute'
+  relative_step_floor: float = 1e-2
 
   def __post_init__(self):
+    object.__setattr__(self, 'state_dtype', base.state_dtype_name(self.state_dtype, 'MLPLOpt'))
+    if self.step_scale not in ('absolute', 'relative'):
+      raise ValueError(f"MLPLOpt.step_scale must be 'absolute' (paper) or 'relative' (steps scaled by each tensor's "
+                       f'parameter RMS), got {self.step_scale!r}.')
+    if (not isinstance(self.relative_step_floor, (int, float)) or isinstance(self.relative_step_floor, bool)
+        or not 0 < self.relative_step_floor < math.inf):
+      raise ValueError(f'MLPLOpt.relative_step_floor must be a finite number > 0, got {self.relative_step_floor!r}.')
     if not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
       raise ValueError(f'MLPLOpt.hidden_sizes must be positive ints, got {self.hidden_sizes}.')
     if not self.decays or not all(0.0 <= d < 1.0 for d in self.decays):
@@ -85,7 +101,7 @@ class MLPLOpt(base.LearnedOptimizer):
     if not all(t > 0 for t in self.time_scales):
       raise ValueError(f'MLPLOpt.time_scales must be positive, got {self.time_scales}.')
     for field in ('step_multiplier', 'magnitude_rate'):
-      if not math.isfinite(getattr(self, field)):
+      if not base.is_traced(getattr(self, field)) and not math.isfinite(getattr(self, field)):
         raise ValueError(f'MLPLOpt.{field} must be finite, got {getattr(self, field)}.')
 
   @property
@@ -111,18 +127,18 @@ class MLPLOpt(base.LearnedOptimizer):
       n = features.num_elements(params)
       return MLPLOptState(
           count=jnp.zeros([], jnp.int32),
-          momentum=jnp.zeros((num_decays, n), jnp.float32),
-          second_moment=jnp.zeros((num_decays if self.include_rms else 0, n), jnp.float32))
+          momentum=jnp.zeros((num_decays, n), self.state_dtype),
+          second_moment=jnp.zeros((num_decays if self.include_rms else 0, n), self.state_dtype))
 
     def update_fn(grads, state, params=None, *, value=None, **extra_args):
       del value, extra_args  # no loss features
-      g, w, sizes = features.flat_inputs(grads, params, 'MLPLOpt')
-      momentum = features.update_moments(state.momentum, g, self.decays)
+      g, w, sizes = features.flat_inputs(grads, params)
+      momentum = features.update_moments(base.from_state(state.momentum), g, self.decays)
       if self.include_rms:
-        second_moment = features.update_moments(state.second_moment, jnp.square(g), self.decays)
+        second_moment = features.update_moments(base.from_state(state.second_moment), jnp.square(g), self.decays)
         rms = second_moment
       else:
-        second_moment = state.second_moment
+        second_moment = base.from_state(state.second_moment)
         rms = jnp.zeros_like(momentum)
       inv_rms = jax.lax.rsqrt(rms + _RSQRT_EPS)
       x = jnp.concatenate([g[None], momentum * inv_rms, w[None], momentum, rms, inv_rms])
@@ -140,8 +156,12 @@ class MLPLOpt(base.LearnedOptimizer):
         h = jnp.asarray(layer['kernel'], jnp.float32).T @ h + jnp.asarray(layer['bias'], jnp.float32)[:, None]
       direction, magnitude = h[0], h[1]
       step = direction * jnp.exp(self.magnitude_rate * magnitude) * self.step_multiplier
-      new_state = MLPLOptState(count=optax.safe_increment(state.count), momentum=momentum,
-                               second_moment=second_moment)
+      if self.step_scale == 'relative':
+        param_rms = jnp.sqrt(features.segment_mean(jnp.square(w)[None], sizes)[0])
+        step = step * features.segment_broadcast(jnp.maximum(param_rms, self.relative_step_floor)[None], sizes)[0]
+      new_state = MLPLOptState(count=optax.safe_increment(state.count),
+                               momentum=base.to_state(momentum, self.state_dtype),
+                               second_moment=base.to_state(second_moment, self.state_dtype))
       return base.updates_like(params, features.unflatten(-step, sizes)), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return base.transformation('MLPLOpt', init_fn, update_fn)

@@ -58,14 +58,18 @@ class CoordinatewiseLSTM(base.LearnedOptimizer):
     hidden_sizes: LSTM widths, bottom first; the paper: (20, 20).
     preprocess_k: ``k`` of the log-and-sign preprocessing; the paper: 5.
     output_scale: the update is ``output_scale`` times the linear readout; the paper: 0.01.
+    state_dtype: dtype of the per-coordinate cells and hidden states (``'float32'`` or ``'bfloat16'``,
+      :mod:`lopt.base`).
   """
   name = 'coordinatewise_lstm'
 
   hidden_sizes: tuple[int, ...] = (20, 20)
   preprocess_k: float = 5.0
   output_scale: float = 0.01
+  state_dtype: str = 'float32'
 
   def __post_init__(self):
+    object.__setattr__(self, 'state_dtype', base.state_dtype_name(self.state_dtype, 'CoordinatewiseLSTM'))
     if not self.hidden_sizes or not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
       raise ValueError(f'CoordinatewiseLSTM.hidden_sizes must be a non-empty tuple of positive ints, '
                        f'got {self.hidden_sizes}.')
@@ -88,22 +92,24 @@ class CoordinatewiseLSTM(base.LearnedOptimizer):
     def init_fn(params):
       n = features.num_elements(params)
       # Distinct buffers for every leaf, so that the state can be donated to a jitted step.
-      zeros = lambda: tuple(jnp.zeros((h, n), jnp.float32) for h in self.hidden_sizes)
+      zeros = lambda: tuple(jnp.zeros((h, n), self.state_dtype) for h in self.hidden_sizes)
       return CoordinatewiseLSTMState(cells=zeros(), hiddens=zeros())
 
     def update_fn(grads, state, params=None, *, value=None, **extra_args):
       del value, extra_args
-      g, _, sizes = features.flat_inputs(grads, params, 'CoordinatewiseLSTM')
+      g, _, sizes = features.flat_inputs(grads, params)
       x = features.log_and_sign(g, self.preprocess_k)
       cells, hiddens = [], []
       for i, (cell, hidden) in enumerate(zip(state.cells, state.hiddens)):
-        c, x = features.lstm_apply(f32(meta_params[f'lstm_{i}']), cell, hidden, x, feature_major=True)
+        c, x = features.lstm_apply(f32(meta_params[f'lstm_{i}']), base.from_state(cell), base.from_state(hidden), x,
+                                   feature_major=True)
         cells.append(c)
         hiddens.append(x)
       readout = f32(meta_params['output'])
       step = self.output_scale * (readout['kernel'][:, 0] @ x + readout['bias'][0])
       step = jnp.where(jnp.isfinite(g), step, jnp.nan)  # see "Non-finite gradients" in the module docstring
-      new_state = CoordinatewiseLSTMState(cells=tuple(cells), hiddens=tuple(hiddens))
+      store = lambda arrays: tuple(base.to_state(a, self.state_dtype) for a in arrays)
+      new_state = CoordinatewiseLSTMState(cells=store(cells), hiddens=store(hiddens))
       return base.updates_like(params, features.unflatten(step, sizes)), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return base.transformation('CoordinatewiseLSTM', init_fn, update_fn)

@@ -107,6 +107,8 @@ _RMS_EPS = 1e-16  # inside sqrt / log
 
 _GLOBAL_INPUTS = ('mean', 'last')
 _STEP_SCALES = ('absolute', 'relative')
+# The state arrays over all N parameters, stored in ``state_dtype`` (true_param excepted: see HierarchicalRNN).
+_PER_PARAMETER_FIELDS = ('param_hidden', 'input_decay', 'rms_decay', 'log_lr', 'momenta', 'mean_squares')
 
 
 class HierarchicalRNNState(NamedTuple):
@@ -205,7 +207,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
     use_relative_log_ms: add ``log ms_i - mean_j log ms_j`` features.
     use_relative_lr: add ``l - mean(l)`` with the mean over all elements of all tensors.
     lr_init_range: ``(lo, hi)``: initial log learning rates are triangular on ``[log lo, log hi]`` (SPEC 1.2).
-    max_log_lr: clip of the log learning rate (SPEC: 33).
+    max_log_lr: clip of the log learning rate (SPEC: 33); may be a traced scalar (``optax.inject_hyperparams``).
     use_attention: the attention / lookahead of SPEC 1.3k (adds 1 state float per parameter).
     global_input: ``'mean'`` (paper, default): the global GRU reads the mean over tensors of the tensor GRUs' states;
       ``'last'`` (released code): only the last tensor's.
@@ -219,6 +221,9 @@ class HierarchicalRNN(base.LearnedOptimizer):
       by three times its own weights on its first step. No meta-parameter changes shape.
     relative_step_floor: the smallest parameter RMS ``'relative'`` scales by, so tensors at zero (biases at
       initialisation) still move.
+    state_dtype: dtype of the per-parameter state (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`): ``h``, the
+      decays, ``l``, the momenta and mean squares. The attention's ``true_param`` stays float32: it is a copy of the
+      parameters, not a statistic, and rounding it would move the parameters by up to 2^-9 of their value per step.
   """
 
   name: ClassVar[str] = 'hierarchical_rnn'
@@ -235,8 +240,10 @@ class HierarchicalRNN(base.LearnedOptimizer):
   lr_init_seed: int = 0
   step_scale: str = 'absolute'
   relative_step_floor: float = 1e-2
+  state_dtype: str = 'float32'
 
   def __post_init__(self):
+    object.__setattr__(self, 'state_dtype', base.state_dtype_name(self.state_dtype, 'HierarchicalRNN'))
     def fail(message):
       raise ValueError(f'HierarchicalRNN: {message}')
 
@@ -254,7 +261,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lr_range)
         or not 0 < lr_range[0] <= lr_range[1] or not math.isfinite(lr_range[1])):
       fail(f'lr_init_range must be a tuple (lo, hi) of learning rates with 0 < lo <= hi, got {lr_range!r}.')
-    if (not isinstance(self.max_log_lr, (int, float)) or isinstance(self.max_log_lr, bool)
+    if not base.is_traced(self.max_log_lr) and (
+        not isinstance(self.max_log_lr, (int, float)) or isinstance(self.max_log_lr, bool)
         or not 0 < self.max_log_lr < math.inf):
       fail(f'max_log_lr must be a finite number > 0, got {self.max_log_lr!r}.')
     if self.global_input not in _GLOBAL_INPUTS:
@@ -340,7 +348,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
                      + jax.random.uniform(tensor_key, (), jnp.float32, lo, hi))
     log_lr = jnp.clip(layout.flatten(log_lrs), -self.max_log_lr, self.max_log_lr)
     meta = meta_params
-    return HierarchicalRNNState(
+    return self._store(HierarchicalRNNState(
         count=jnp.zeros((), jnp.int32),
         param_hidden=jnp.broadcast_to(jnp.asarray(meta['param_hidden_init'], jnp.float32)[:, None], (h0, n)),
         # Distinct arrays (not one zeros buffer under two names): a donated state must not alias itself.
@@ -353,35 +361,30 @@ class HierarchicalRNN(base.LearnedOptimizer):
         tensor_hidden=jnp.broadcast_to(jnp.asarray(meta['tensor_hidden_init'], jnp.float32), (t, h1)),
         # A copy: the state may be donated to a jitted step, which must not delete the meta-parameters' buffer.
         global_hidden=jnp.array(meta['global_hidden_init'], jnp.float32, copy=True),
-    )
+    ))
+
+  def _load(self, state: HierarchicalRNNState) -> HierarchicalRNNState:
+    """The stored state with its per-parameter arrays as float32 (``state_dtype``; no-op for float32)."""
+    return state._replace(**{k: base.from_state(getattr(state, k)) for k in _PER_PARAMETER_FIELDS})
+
+  def _store(self, state: HierarchicalRNNState) -> HierarchicalRNNState:
+    """The float32 state with its per-parameter arrays rounded to ``state_dtype`` for storage."""
+    return state._replace(**{k: base.to_state(getattr(state, k), self.state_dtype) for k in _PER_PARAMETER_FIELDS})
 
   def transform(self, meta_params: base.MetaParams) -> optax.GradientTransformationExtraArgs:
 
     def init_fn(params):
-      base.check_inputs(params, params, type(self).__name__)
       return self.init_state(meta_params, params)
 
     def update_fn(grads, state, params=None, *, value=None, **extra_args):
       del value, extra_args  # this architecture does not read the loss; unknown keywords are ignored by contract
-      base.check_inputs(grads, params, type(self).__name__)
-      layout = self._check_state(state, params)
+      layout = _Layout.of(jax.tree.leaves(params))
       grads_flat = layout.flatten(base.leaves_f32(grads))
       params_flat = layout.flatten(base.leaves_f32(params))
-      update_leaves, new_state = self._step(meta_params, layout, grads_flat, params_flat, state)
-      return base.updates_like(params, update_leaves), new_state
+      update_leaves, new_state = self._step(meta_params, layout, grads_flat, params_flat, self._load(state))
+      return base.updates_like(params, update_leaves), self._store(new_state)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-  def _check_state(self, state, params) -> _Layout:
-    layout = _Layout.of(jax.tree.leaves(params))
-    if not isinstance(state, HierarchicalRNNState):
-      raise TypeError(f'HierarchicalRNN: state must be a HierarchicalRNNState (from tx.init), got {type(state)}.')
-    got = (jnp.shape(state.log_lr)[-1], jnp.shape(state.tensor_hidden)[-2])
-    if got != (layout.num_params, layout.num_tensors):
-      raise ValueError(
-          f'HierarchicalRNN: the state was made for {got[0]} parameters in {got[1]} tensors but params have '
-          f'{layout.num_params} in {layout.num_tensors}; call tx.init(params) with these params.')
-    return layout
+    return base.transformation(type(self).__name__, init_fn, update_fn)
 
   # ----------------------------------------------------------------------------------------------------------------
   # The step, on the flat feature-major layout.
@@ -431,8 +434,10 @@ class HierarchicalRNN(base.LearnedOptimizer):
     the parameter GRU reads). Columns follow ``jax.tree.leaves(params)`` order, each leaf flattened row-major.
     """
     base.check_inputs(grads, params, type(self).__name__)
-    layout = self._check_state(state, params)
-    return self._input_features(state, layout.flatten(base.leaves_f32(grads)))
+    base.check_state(state, params, lambda p: self.init_state(self.init(jax.random.PRNGKey(0)), p),
+                     type(self).__name__)
+    layout = _Layout.of(jax.tree.leaves(params))
+    return self._input_features(self._load(state), layout.flatten(base.leaves_f32(grads)))
 
   def _step(self, meta, layout: _Layout, grads_flat, params_flat, state: HierarchicalRNNState):
     inputs = self._input_features(state, grads_flat)

@@ -203,6 +203,8 @@ class RNNMLPLOpt(base.LearnedOptimizer):
     clip_decay, clip_mult: the dynamic gradient clipper's EMA decay (0.99) and multiple of the RMS (10).
     train_loss_decay, valid_loss_decay: EMA decays of the loss features (0.9, 0.95).
     step_multiplier, magnitude_rate: the two 0.001 of ``d exp(0.001 mu) 0.001``.
+    state_dtype: dtype of the per-parameter ``m_k``, ``v_k`` (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`);
+      the per-tensor LSTM state stays float32.
   """
   name = 'rnn_mlp_lopt'
 
@@ -219,8 +221,10 @@ class RNNMLPLOpt(base.LearnedOptimizer):
   valid_loss_decay: float = 0.95
   step_multiplier: float = 1e-3
   magnitude_rate: float = 1e-3
+  state_dtype: str = 'float32'
 
   def __post_init__(self):
+    object.__setattr__(self, 'state_dtype', base.state_dtype_name(self.state_dtype, 'RNNMLPLOpt'))
     for field in ('lstm_hidden_size', 'num_mlp_to_lstm', 'num_lstm_to_lstm', 'num_lstm_to_mlp'):
       value = getattr(self, field)
       if not isinstance(value, int) or value < (1 if field == 'lstm_hidden_size' else 0):
@@ -281,8 +285,8 @@ class RNNMLPLOpt(base.LearnedOptimizer):
       zero_count = lambda: jnp.zeros([], jnp.int32)
       return RNNMLPLOptState(
           count=zero_count(),
-          momentum=jnp.zeros((num_decays, n), jnp.float32),
-          second_moment=jnp.zeros((num_decays, n), jnp.float32),
+          momentum=jnp.zeros((num_decays, n), self.state_dtype),
+          second_moment=jnp.zeros((num_decays, n), self.state_dtype),
           lstm_cell=jnp.zeros((t, self.lstm_hidden_size), jnp.float32),
           lstm_hidden=jnp.zeros((t, self.lstm_hidden_size), jnp.float32),
           mlp_to_lstm=jnp.zeros((t, self.num_mlp_to_lstm), jnp.float32),
@@ -292,12 +296,12 @@ class RNNMLPLOpt(base.LearnedOptimizer):
 
     def update_fn(grads, state, params=None, *, value=None, valid_value=None, **extra_args):
       del extra_args
-      raw_g, w, sizes = features.flat_inputs(grads, params, 'RNNMLPLOpt')
+      raw_g, w, sizes = features.flat_inputs(grads, params)
       shapes = [tuple(jnp.shape(p)) for p in jax.tree.leaves(params)]
       num_tensors = len(sizes)
       g, clip_rms = clip_gradients(raw_g, state.clip_rms, state.count, self.clip_decay, self.clip_mult)
-      momentum = features.update_moments(state.momentum, g, self.decays)
-      second_moment = features.update_moments(state.second_moment, jnp.square(g), self.decays)
+      momentum = features.update_moments(base.from_state(state.momentum), g, self.decays)
+      second_moment = features.update_moments(base.from_state(state.second_moment), jnp.square(g), self.decays)
       train_feat, valid_feat, loss_stats = loss_features(state, value, valid_value, self.train_loss_decay,
                                                          self.valid_loss_decay)
 
@@ -338,10 +342,11 @@ class RNNMLPLOpt(base.LearnedOptimizer):
 
       train_mean, train_var, train_count, valid_mean, valid_count = loss_stats
       new_state = RNNMLPLOptState(
-          count=optax.safe_increment(state.count), momentum=momentum, second_moment=second_moment,
+          count=optax.safe_increment(state.count), momentum=base.to_state(momentum, self.state_dtype),
+          second_moment=base.to_state(second_moment, self.state_dtype),
           lstm_cell=lstm_cell, lstm_hidden=lstm_hidden, mlp_to_lstm=mlp_to_lstm, lstm_to_lstm=lstm_to_lstm,
           clip_rms=clip_rms, train_loss_mean=train_mean, train_loss_var=train_var, train_loss_count=train_count,
           valid_loss_mean=valid_mean, valid_loss_count=valid_count)
       return base.updates_like(params, features.unflatten(-step, sizes)), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return base.transformation('RNNMLPLOpt', init_fn, update_fn)
