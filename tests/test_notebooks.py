@@ -57,7 +57,7 @@ def test_notebook_reads_the_quick_switch(path):
     assert QUICK_ENV in source, f'{path.name} does not read {QUICK_ENV}, so the test suite cannot shrink it'
 
 
-@pytest.mark.slow  # a kernel start plus jitted training in quick mode: 30-90 s each on 2 loaded cores
+@pytest.mark.slow  # quick mode, measured on 2 cores at load ~14: 18 s (01) to 290 s (04); ~13 min for all six
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
   monkeypatch.setenv(QUICK_ENV, '1')
