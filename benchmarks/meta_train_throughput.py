@@ -103,9 +103,9 @@ class Timed:
 def build(name: str, family: str, dim: int, num_tasks: int, unroll_length: int, episode_length: int,
           seed: int) -> Timed:
   architecture = lopt.get_architecture(name)()
-  estimator = meta_train.TruncatedPES(
+  estimator = meta_train.TruncatedPES(meta_train.StructureGroups(
       architecture, FAMILIES[family](dim), num_tasks,
-      truncation_schedule=meta_train.ConstantTruncation(episode_length), unroll_length=unroll_length)
+      truncation_schedule=meta_train.ConstantTruncation(episode_length), unroll_length=unroll_length))
   meta_params = architecture.init(jax.random.key(seed))
   return Timed(name, estimator, meta_params, seed)
 

@@ -6,12 +6,12 @@ on the images of :mod:`tasks.synthetic_images`. Nothing here uses the validation
 scikit-learn's sample photographs, wine, diabetes) or the test suite's (Fashion-MNIST, digits, breast cancer).
 """
 
-from tasks import autoencoder, base, image_classification as ic, problem_sets, synthetic_images
+from tasks import autoencoder, base, datasets, image_classification as ic, problem_sets
 
 
 def training_set() -> problem_sets.ProblemSet:
-  images16 = synthetic_images.load_synthetic_images()
-  images28 = synthetic_images.load_synthetic_images(size=28)
+  images16 = datasets.load_synthetic_images()
+  images28 = datasets.load_synthetic_images(size=28)
   wide = {
       'synthetic_images_28px_mlp_128x128_relu_bs64': ic.mlp_task(images28, (128, 128), 'relu', batch_size=64),
       'synthetic_images_mlp_256x256_relu_bs64': ic.mlp_task(images16, (256, 256), 'relu', batch_size=64),

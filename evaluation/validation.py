@@ -39,7 +39,7 @@ import jax
 
 import tasks
 from evaluation.harness import SuiteEntry
-from tasks import autoencoder, image_patches, tabular
+from tasks import autoencoder, datasets, tabular
 
 #: The two step budgets every decision looks at.
 HORIZONS = (500, 2000)
@@ -62,17 +62,17 @@ DATASETS = ('image_patches', 'wine', 'diabetes')
 def _build(name: str) -> tuple[tasks.Task, bool]:
   """The task called ``name`` and whether it has a test split of its own."""
   if name == 'patches8_mlp_64':
-    return tasks.mlp_task(image_patches.load_image_patches(size=8), (64,), 'relu', batch_size=128), True
+    return tasks.mlp_task(datasets.load_image_patches(size=8), (64,), 'relu', batch_size=128), True
   if name == 'patches8_mlp_512x512':
-    return tasks.mlp_task(image_patches.load_image_patches(size=8), (512, 512), 'relu', batch_size=128), True
+    return tasks.mlp_task(datasets.load_image_patches(size=8), (512, 512), 'relu', batch_size=128), True
   if name == 'patches28_mlp_512x512':
-    return tasks.mlp_task(image_patches.load_image_patches(size=28), (512, 512), 'relu', batch_size=128), True
+    return tasks.mlp_task(datasets.load_image_patches(size=28), (512, 512), 'relu', batch_size=128), True
   if name == 'patches16_mlp_tanh':
-    return tasks.mlp_task(image_patches.load_image_patches(size=16), (128,), 'tanh', batch_size=128), True
+    return tasks.mlp_task(datasets.load_image_patches(size=16), (128,), 'tanh', batch_size=128), True
   if name == 'patches16_conv':
-    return tasks.conv_task(image_patches.load_image_patches(size=16), (8, 16, 16), 'relu', batch_size=64), True
+    return tasks.conv_task(datasets.load_image_patches(size=16), (8, 16, 16), 'relu', batch_size=64), True
   if name == 'patches8_autoencoder':
-    return autoencoder.AutoencoderTask(image_patches.load_image_patches(size=8), (32, 8, 32), 'tanh', 128), True
+    return autoencoder.AutoencoderTask(datasets.load_image_patches(size=8), (32, 8, 32), 'tanh', 128), True
   if name == 'wine_mlp':
     return tabular.TabularMLPTask('wine', (32,), 'relu', batch_size=32), True
   if name == 'diabetes_mlp':

@@ -112,31 +112,6 @@ def _gate_preactivations(params, h, x, feature_major):
   return gates_x, gates_h, b_hn
 
 
-def gru_apply_segments(params: GRUParams, h: jax.Array, x: jax.Array, bias: jax.Array,
-                       segment_sizes: tuple[int, ...]) -> jax.Array:
-  """Feature-major :func:`gru_apply` where consecutive column ranges share one injected bias column.
-
-  Equivalent to ``gru_apply(params, h, x, bias_per_column, feature_major=True)`` with ``bias_per_column`` repeating
-  column ``t`` of ``bias`` (``[3H, T]``) ``segment_sizes[t]`` times. The matmuls run once over all ``N`` columns;
-  the elementwise part runs per segment with a broadcast bias, which measured faster on CPU than materialising the
-  repeated ``[3H, N]`` bias or gathering it by segment id (ratios in docs/benchmarks.md, ``lopt/gru.py``).
-  """
-  if sum(segment_sizes) != h.shape[1] or len(segment_sizes) != bias.shape[1]:
-    raise ValueError(f'gru_apply_segments: {len(segment_sizes)} segments of total size {sum(segment_sizes)} do not '
-                     f'match bias {bias.shape} and state {h.shape}.')
-  gates_x, gates_h, b_hn = _gate_preactivations(params, h, x, feature_major=True)
-  outputs = []
-  start = 0
-  for index, size in enumerate(segment_sizes):
-    stop = start + size
-    outputs.append(_gates_to_state(gates_x[:, start:stop] + bias[:, index:index + 1], gates_h[:, start:stop],
-                                   h[:, start:stop], b_hn, 0))
-    start = stop
-  if not outputs:
-    return h
-  return jnp.concatenate(outputs, axis=1)
-
-
 def stacked_kernel(params: GRUParams) -> tuple[jax.Array, jax.Array]:
   """The cell's six kernels as one feature-major matrix on the stacked input ``[x; h]``, and its four biases.
 

@@ -1,7 +1,7 @@
-"""``python -m meta_train CONFIG --out DIR [key=value ...]``; see :mod:`meta_train.cli`."""
+"""``python -m meta_train CONFIG --out DIR [key=value ...]``; see :mod:`meta_train.run.cli`."""
 
 import sys
 
-from meta_train.cli import main
+from meta_train.run.cli import main
 
 sys.exit(main())

@@ -12,12 +12,15 @@ The meta-loss of a truncation of ``T`` inner steps is a weighted sum of per-step
 * ``start_loss`` is the training loss at the first step of the instance's current episode.
 
 Writing the objective as per-step values with static weights is what lets PES split a truncation at an episode
-boundary (SPEC 5.2): the steps before and after the boundary are weighted sums over disjoint sets of steps.
+boundary (docs/algorithms.md §8.4, §10.1): the steps before and after the boundary are weighted sums over disjoint
+sets of steps.
 
 Objectives:
 
-* :class:`LogNormalizedTrainLoss`: Wichrowska et al. 2017's mean log normalised training loss (SPEC 2.3);
-* :class:`ClippedOuterValidLoss`: Metz et al. 2019's mean clipped loss on the outer-validation split (SPEC 3.1);
+* :class:`LogNormalizedTrainLoss`: Wichrowska et al. 2017's mean log normalised training loss
+  (docs/algorithms.md §10.2);
+* :class:`ClippedOuterValidLoss`: Metz et al. 2019's mean clipped loss on the outer-validation split
+  (docs/algorithms.md §10.3);
 * :class:`FinalLoss`: the loss after the last step of the truncation.
 """
 

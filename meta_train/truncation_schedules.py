@@ -4,7 +4,7 @@ A schedule is a pure function of a PRNG key and the outer (meta-training) step::
 
     length = schedule.sample(key, meta_step)      # int32 scalar >= 1; jittable, vmappable over keys
 
-The vectorized unroll (:mod:`meta_train.truncated_step`) calls it once per instance whenever that instance starts a
+The vectorized unroll (:mod:`meta_train.unroll`) calls it once per instance whenever that instance starts a
 new episode, so every instance of an ensemble has its own episode length. The number of steps unrolled per
 meta-gradient (the *truncation* or *unroll length*) is a static argument of the estimator, because a ``lax.scan`` has a
 fixed length; an episode therefore spans ``length / unroll_length`` meta-steps on average.
@@ -13,9 +13,9 @@ Schedules:
 
 * :class:`ConstantTruncation`: every episode has the same length.
 * :class:`LogUniformTruncation`: ``round(exp(U(log a, log b)))``, a scale-free spread of horizons.
-* :class:`WichrowskaTruncation`: the heavy-tailed lengths of Wichrowska et al. 2017 (SPEC 2.3).
+* :class:`WichrowskaTruncation`: the heavy-tailed lengths of Wichrowska et al. 2017 (docs/algorithms.md §9.3).
 * :class:`LinearIncreasingTruncation`: lengths that grow linearly with the meta-step, with multiplicative jitter
-  (Metz et al. 2019, SPEC 3.3), a curriculum from short to long horizons.
+  (Metz et al. 2019, docs/algorithms.md §9.4), a curriculum from short to long horizons.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class LogUniformTruncation(TruncationSchedule):
 
 
 class WichrowskaTruncation(TruncationSchedule):
-  """The heavy-tailed episodes of Wichrowska et al. 2017 (``metaopt.train_optimizer``, SPEC 2.3).
+  """The heavy-tailed episodes of Wichrowska et al. 2017 (``metaopt.train_optimizer``; docs/algorithms.md §9.3).
 
   In the original, one meta-iteration (the span between fresh problem parameters) is
   ``U = round(Exp(scale=mean_extra_unrolls)) + 1`` partial unrolls, each of ``round(Exp(scale=unroll_scale)) +
@@ -126,7 +126,8 @@ class WichrowskaTruncation(TruncationSchedule):
 
 
 class LinearIncreasingTruncation(TruncationSchedule):
-  """Episode lengths that grow linearly with the meta-step, with multiplicative jitter (Metz et al. 2019, SPEC 3.3).
+  """Episode lengths that grow linearly with the meta-step, with multiplicative jitter (Metz et al. 2019;
+  docs/algorithms.md §9.4).
 
       base(s) = min_length + (max_length - min_length) * min(s / num_meta_steps, 1)
       length  = clip(round(base(s) * U(1 - jitter, 1 + jitter)), 1, max_length)

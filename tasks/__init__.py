@@ -12,10 +12,10 @@ from tasks.problem_sets import (ProblemSet, hrnn_training_set, hrnn_training_set
 from tasks.quadratic import Bowl, BowlFamily, Quadratic, QuadraticFamily
 from tasks.test_functions import RosenbrockND, TestFunction, TestFunctionFamily
 # Real data: IDX files, Fashion-MNIST / MNIST / digits, Flax classifiers and their families.
-from tasks import datasets, idx, image_classification, image_families
+from tasks import datasets, idx, image_classification, image_families, image_patches
 from tasks import synthetic_images
 from tasks.datasets import (DatasetNotFoundError, load_dataset, load_digits, load_fashion_mnist, load_mnist,
-                            load_synthetic_images)
+                            load_image_patches, load_synthetic_images)
 from tasks.idx import IdxFormatError, read_idx, write_idx
 from tasks.image_classification import ImageClassificationTask, conv_task, mlp_task
 from tasks.image_families import ConvNetFamily, FixedImageClassifierFamily, ImageTaskConfig, MLPFamily
@@ -33,4 +33,4 @@ __all__ += ['Bowl', 'BowlFamily', 'GradientNoise', 'GradientNoiseFamily', 'LogOb
 __all__ += ['ConvNetFamily', 'DatasetNotFoundError', 'FixedImageClassifierFamily', 'IdxFormatError',
             'ImageClassificationTask', 'ImageTaskConfig', 'MLPFamily', 'conv_task', 'datasets', 'idx',
             'image_classification', 'image_families', 'load_dataset', 'load_digits', 'load_fashion_mnist',
-            'load_mnist', 'load_synthetic_images', 'mlp_task', 'read_idx', 'synthetic_images', 'write_idx']
+            'load_image_patches', 'load_mnist', 'load_synthetic_images', 'mlp_task', 'read_idx', 'synthetic_images', 'write_idx']

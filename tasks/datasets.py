@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks import idx
+from tasks import idx, image_patches, synthetic_images
 from tasks.base import SPLITS, check_split
 
 FASHION_MNIST_ENV = 'LOPT_FASHION_MNIST_DIR'
@@ -260,10 +260,28 @@ def load_digits() -> ImageDataset:
                    source='sklearn.datasets.load_digits')
 
 
-def load_synthetic_images() -> ImageDataset:
-  """The procedurally generated 16x16 dataset of :mod:`tasks.synthetic_images` (seed 0); nothing to install."""
-  from tasks import synthetic_images  # pylint: disable=import-outside-toplevel  (it imports this module)
-  return synthetic_images.load_synthetic_images()
+@functools.lru_cache(maxsize=None)
+def load_synthetic_images(seed: int = 0, size: int = 16, num_classes: int = 10) -> ImageDataset:
+  """The procedurally generated dataset of :func:`tasks.synthetic_images.generate` on the device, cached per
+  ``(seed, size, num_classes)``; nothing is read from disk. Its name is ``'synthetic_images'`` at the default
+  16x16, else ``'synthetic_images_<size>px'``."""
+  images, labels = synthetic_images.generate(seed, size, num_classes)
+  splits = list(images)
+  offsets = np.cumsum([0] + [len(labels[s]) for s in splits])
+  indices = {s: np.arange(offsets[i], offsets[i + 1]) for i, s in enumerate(splits)}
+  name = 'synthetic_images' if size == 16 else f'synthetic_images_{size}px'
+  return to_device(name, np.concatenate([images[s] for s in splits]), np.concatenate([labels[s] for s in splits]),
+                   indices, num_classes=num_classes, pixel_scale=1 / 255,
+                   source=f'tasks.synthetic_images.generate(seed={seed}, size={size})')
+
+
+@functools.lru_cache(maxsize=None)
+def load_image_patches(seed: int = 0, size: int = 16) -> ImageDataset:
+  """Grey ``size x size`` patches of scikit-learn's two sample photographs (:func:`tasks.image_patches.generate`)
+  on the device, cached per ``(seed, size)``; named ``'image_patches<size>'``, 8 classes."""
+  images, labels, indices = image_patches.generate(seed, size)
+  return to_device(f'image_patches{size}', images, labels, indices, num_classes=image_patches.NUM_CLASSES,
+                   pixel_scale=1 / 255, source=f'sklearn.datasets.load_sample_images, seed {seed}')
 
 
 #: Loader of each dataset by name; ``load_dataset`` dispatches through it.

@@ -14,15 +14,16 @@ so no network separates them completely. Stored as ``uint8``; ``pixel_scale`` ma
 The four splits are drawn independently from the same distribution of positions (numpy ``RandomState``, whose
 stream numpy freezes, so a seed gives the same patches forever). Crops of different splits may overlap in the
 photographs: the test loss measures generalisation to new crops of the same two scenes, not to new scenes.
+
+This module is plain numpy (scikit-learn supplies the photographs) and imports nothing of :mod:`tasks`;
+:func:`tasks.datasets.load_image_patches` puts the patches on the device.
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-#: Examples per split of :func:`load_image_patches`.
+#: Examples per split of :func:`generate` (and so of :func:`tasks.datasets.load_image_patches`).
 PATCH_SPLIT_SIZES = {'train': 20000, 'inner_valid': 2000, 'outer_valid': 2000, 'test': 4000}
 
 #: Classes: 2 photographs x 4 quadrants.
@@ -67,12 +68,3 @@ def generate(seed: int = 0, size: int = 16, split_sizes=None) -> tuple[np.ndarra
     indices[split] = np.arange(start, start + count)
     start += count
   return images, labels, indices
-
-
-@functools.lru_cache(maxsize=None)
-def load_image_patches(seed: int = 0, size: int = 16):
-  """The patch dataset as a :class:`tasks.datasets.ImageDataset` on the device (cached per ``(seed, size)``)."""
-  from tasks import datasets  # pylint: disable=import-outside-toplevel  (datasets owns device placement)
-  images, labels, indices = generate(seed, size)
-  return datasets.to_device(f'image_patches{size}', images, labels, indices, num_classes=NUM_CLASSES,
-                            pixel_scale=1 / 255, source=f'sklearn.datasets.load_sample_images, seed {seed}')

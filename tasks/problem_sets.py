@@ -221,7 +221,7 @@ def wichrowska2017() -> ProblemSet:
 
 #: The problems of :func:`wichrowska2017` that :func:`hrnn_training_set` trains on. What it leaves out (Rosenbrock,
 #: MatMulAlgorithm, Norm, LogSumExp, Ackley, the sums, every quadratic above 100 dimensions, and all real-data
-#: image tasks) is what the held-out suite of :mod:`meta_train.heldout` evaluates on.
+#: image tasks) is what the held-out suite of :mod:`evaluation.heldout` evaluates on.
 HRNN_TRAINING_PROBLEMS = (
     'quadratic_20_noise0.5', 'quadratic_25', 'quadratic_50_noise1', 'quadratic_100_noise2',
     'bowl_1', 'bowl_5_noise0.1',
@@ -260,12 +260,12 @@ def hrnn_training_set_v2() -> ProblemSet:
 
   The first shipped HRNN, trained on small smooth problems only, took early steps that kill ReLU units and let its
   learning rate collapse on minibatch noise (docs/model_card_hrnn.md); these problems put both in front of it. Every
-  held-out task of :mod:`meta_train.heldout` stays out: the image problems use generated data, not Fashion-MNIST or
+  held-out task of :mod:`evaluation.heldout` stays out: the image problems use generated data, not Fashion-MNIST or
   digits.
   """
   from tasks import image_classification as ic  # pylint: disable=import-outside-toplevel  (pulls in flax)
-  from tasks import synthetic_images  # pylint: disable=import-outside-toplevel
-  images = synthetic_images.load_synthetic_images()
+  from tasks import datasets  # pylint: disable=import-outside-toplevel  (pulls in jax device arrays)
+  images = datasets.load_synthetic_images()
   extra = {
       'synthetic_images_mlp_32_relu_bs64': ic.mlp_task(images, (32,), 'relu', batch_size=64),
       'synthetic_images_mlp_32x32_relu_bs32': ic.mlp_task(images, (32, 32), 'relu', batch_size=32),
@@ -288,8 +288,8 @@ def hrnn_training_set_v3() -> ProblemSet:
   four ReLU problems up. No held-out data: the images come from :mod:`tasks.synthetic_images`.
   """
   from tasks import image_classification as ic  # pylint: disable=import-outside-toplevel  (pulls in flax)
-  from tasks import synthetic_images  # pylint: disable=import-outside-toplevel
-  images = synthetic_images.load_synthetic_images(size=28)
+  from tasks import datasets  # pylint: disable=import-outside-toplevel  (pulls in jax device arrays)
+  images = datasets.load_synthetic_images(size=28)
   families = list(hrnn_training_set_v2().items())
   families.append(('synthetic_images_28px_mlp_32_relu_bs64',
                    base.SingleTaskFamily(ic.mlp_task(images, (32,), 'relu', batch_size=64))))

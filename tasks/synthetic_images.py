@@ -18,15 +18,16 @@ the test split right.
 Generation uses numpy's ``RandomState`` (whose stream numpy freezes, NEP 19), so a seed gives the same dataset on
 every machine and release. Splits: 10,000 train, 1,000 inner-validation, 1,000 outer-validation, 2,000 test,
 drawn independently from the same distribution.
+
+This module is plain numpy and imports nothing of :mod:`tasks`; :func:`tasks.datasets.load_synthetic_images` puts
+the generated splits on the device (device placement and caching belong to :mod:`tasks.datasets`).
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-#: Examples per split of :func:`load_synthetic_images`.
+#: Examples per split of :func:`generate` (and so of :func:`tasks.datasets.load_synthetic_images`).
 SYNTHETIC_SPLIT_SIZES = {'train': 10000, 'inner_valid': 1000, 'outer_valid': 1000, 'test': 2000}
 
 #: Gaussian blobs summed into each class prototype.
@@ -77,19 +78,3 @@ def generate(seed: int = 0, size: int = 16, num_classes: int = 10,
     images[split] = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
     labels[split] = y
   return images, labels
-
-
-@functools.lru_cache(maxsize=None)
-def load_synthetic_images(seed: int = 0, size: int = 16, num_classes: int = 10):
-  """The generated dataset as a :class:`tasks.datasets.ImageDataset`, cached per ``(seed, size, num_classes)``.
-  Nothing is read from disk. Its name is ``'synthetic_images'`` at the default 16x16, else
-  ``'synthetic_images_<size>px'``."""
-  from tasks import datasets  # pylint: disable=import-outside-toplevel  (datasets imports this module)
-  images, labels = generate(seed, size, num_classes)
-  splits = list(images)
-  offsets = np.cumsum([0] + [len(labels[s]) for s in splits])
-  indices = {s: np.arange(offsets[i], offsets[i + 1]) for i, s in enumerate(splits)}
-  name = 'synthetic_images' if size == 16 else f'synthetic_images_{size}px'
-  return datasets.to_device(name, np.concatenate([images[s] for s in splits]),
-                            np.concatenate([labels[s] for s in splits]), indices, num_classes=num_classes,
-                            pixel_scale=1 / 255, source=f'tasks.synthetic_images.generate(seed={seed}, size={size})')

@@ -65,20 +65,6 @@ def test_injected_bias_enters_r_z_and_n(setup):
     assert not np.allclose(gru.gru_apply(params, h, x, only), gru.gru_apply(params, h, x))
 
 
-def test_segments_equal_repeated_bias(setup):
-  params, _, _ = setup
-  sizes = (4, 0, 1, 6)
-  n = sum(sizes)
-  x = jax.random.normal(jax.random.PRNGKey(4), (IN, n))
-  h = jax.random.normal(jax.random.PRNGKey(5), (HID, n))
-  bias = jax.random.normal(jax.random.PRNGKey(6), (3 * HID, len(sizes)))
-  repeated = jnp.repeat(bias, np.array(sizes), axis=1)
-  np.testing.assert_allclose(gru.gru_apply_segments(params, h, x, bias, sizes),
-                             gru.gru_apply(params, h, x, repeated, feature_major=True), **TOL)
-  with pytest.raises(ValueError, match='segments'):
-    gru.gru_apply_segments(params, h, x, bias, (n,))
-
-
 def test_init_follows_spec_constants():
   params = gru.gru_init(jax.random.PRNGKey(7), 40, 60)
   np.testing.assert_array_equal(params['ir']['bias'], np.float32(2.2))

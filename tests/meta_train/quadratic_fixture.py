@@ -7,7 +7,7 @@
   estimators) and differentiates the mean log-loss through the unroll.
 
 It is referenced from TOML configs as ``quadratic_fixture:...`` (the tests put this directory on ``PYTHONPATH``), which
-exercises the ``module:attr`` hooks of :mod:`meta_train.build` too. It does not depend on the real estimators, so the
+exercises the ``module:attr`` hooks of :mod:`meta_train.run.build` too. It does not depend on the real estimators, so the
 machinery is tested on its own.
 """
 
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.base import LearnedOptimizer
-from meta_train.base import GradientEstimator
+from meta_train.estimators.base import GradientEstimator
 from tasks.base import Task, TaskFamily
 
 
@@ -157,7 +157,7 @@ class TruncatedBackpropQuadratic(GradientEstimator):
 
 
 def make_estimator(architecture, families, num_tasks, **kwargs):
-  """The ``module:factory`` hook :mod:`meta_train.build` calls for ``estimator.name = "quadratic_fixture:..."``."""
+  """The ``module:factory`` hook :mod:`meta_train.run.build` calls for ``estimator.name = "quadratic_fixture:..."``."""
   (family,) = families
   return TruncatedBackpropQuadratic(architecture, family, num_tasks, **kwargs)
 

@@ -32,14 +32,14 @@ def main():
   p.add_argument('--process-id', type=int, default=None)
   args = p.parse_args()
 
-  from meta_train import sharding  # pylint: disable=import-outside-toplevel
+  from meta_train.run import sharding  # pylint: disable=import-outside-toplevel
   if args.coordinator:
     sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from meta_train import build, config as config_lib, trainer  # pylint: disable=import-outside-toplevel
+  from meta_train.run import build, config as config_lib, trainer  # pylint: disable=import-outside-toplevel
 
   config = config_lib.load(args.config)
   components = build.build(config)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meta_train import checkpoint
-from meta_train.checkpoint import CheckpointError, CheckpointManager
+from meta_train.run import checkpoint
+from meta_train.run.checkpoint import CheckpointError, CheckpointManager
 
 
 class _State(NamedTuple):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import quadratic_fixture
-from meta_train import cli
+from meta_train.run import cli
 from quadratic_fixture import REPO, subprocess_env, write_tiny_config
 
 
@@ -79,7 +79,7 @@ def test_unwritable_output_directories_are_clear_errors(tmp_path, capsys):
 
 
 def test_resume_with_a_different_config_is_refused_with_the_differences(tmp_path, capsys):
-  from meta_train import config as config_lib, trainer
+  from meta_train.run import config as config_lib, trainer
   config = write_tiny_config(tmp_path)
   trainer.prepare_output_dir(str(tmp_path / 'run'), config_lib.load(config))  # as a started run leaves it
   os.makedirs(tmp_path / 'run' / 'checkpoints')
@@ -121,7 +121,7 @@ def test_quickstart_config_lowers_the_meta_loss_and_beats_adam_on_held_out_tasks
 
 
 def test_export_writes_the_newest_checkpoints_meta_params(tmp_path, capsys):
-  from meta_train import export
+  from meta_train.run import export
   from lopt import serialization
   config = write_tiny_config(tmp_path)
   out = tmp_path / 'run'

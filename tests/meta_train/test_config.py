@@ -8,9 +8,9 @@ import typing
 
 import pytest
 
-from meta_train import build
-from meta_train import config as config_lib
-from meta_train.config import ConfigError
+from meta_train.run import build
+from meta_train.run import config as config_lib
+from meta_train.run.config import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHIPPED = sorted(glob.glob(os.path.join(REPO, 'configs', '*.toml')))

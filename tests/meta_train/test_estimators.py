@@ -18,11 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meta_train.hybrid import HybridEstimator, inverse_variance_combine
+from meta_train.estimators.es import TruncatedES
+from meta_train.estimators.hybrid import HybridEstimator, inverse_variance_combine
+from meta_train.estimators.pes import TruncatedPES
+from meta_train.estimators.truncated_backprop import TruncatedBackprop
 from meta_train.objectives import FinalLoss, LogNormalizedTrainLoss
-from meta_train.truncated_backprop import TruncatedBackprop
-from meta_train.truncated_es import TruncatedES
-from meta_train.truncated_pes import TruncatedPES
+from meta_train.structure_groups import StructureGroups
 from meta_train.truncation_schedules import ConstantTruncation
 from tasks.base import Task, TaskFamily
 from test_unroll import LearnedSGD, QuadraticFamily
@@ -67,8 +68,9 @@ def run_truncations(estimator, num_truncations, num_samples, seed=0):
 
 
 def _make(cls, episode_length, unroll_length, **kwargs):
-  return cls(ARCH, FAMILY, num_tasks=1, truncation_schedule=ConstantTruncation(episode_length),
-             objective=LogNormalizedTrainLoss(), unroll_length=unroll_length, stagger=False, **kwargs)
+  groups = StructureGroups(ARCH, FAMILY, num_tasks=1, truncation_schedule=ConstantTruncation(episode_length),
+                           objective=LogNormalizedTrainLoss(), unroll_length=unroll_length, stagger=False)
+  return cls(groups, **kwargs)
 
 
 @pytest.mark.parametrize('cls', [TruncatedES, TruncatedPES])
@@ -162,8 +164,8 @@ def _hybrid_variances(log_lr, unroll_length, num_samples=400):
   global THETA  # pylint: disable=global-statement
   saved, THETA = THETA, {'log_lr': jnp.asarray(log_lr, jnp.float32)}
   try:
-    estimator = HybridEstimator(ARCH, SineFamily(), num_tasks=16, truncation_schedule=ConstantTruncation(1000),
-                                unroll_length=unroll_length, stagger=False)
+    estimator = HybridEstimator(StructureGroups(ARCH, SineFamily(), num_tasks=16, unroll_length=unroll_length,
+                                                truncation_schedule=ConstantTruncation(1000), stagger=False))
     rp, es, hybrid = _hybrid_parts(estimator, num_samples)
   finally:
     THETA = saved
@@ -201,7 +203,7 @@ def test_inverse_variance_combination_matches_the_formula():
 def test_estimators_return_gradients_shaped_like_meta_params_and_the_contract_metrics():
   meta = {'log_lr': THETA['log_lr'], 'unused': jnp.zeros((3,))}
   for cls in (TruncatedBackprop, TruncatedES, TruncatedPES, HybridEstimator):
-    estimator = cls(ARCH, FAMILY, num_tasks=2, unroll_length=2)
+    estimator = cls(StructureGroups(ARCH, FAMILY, num_tasks=2, unroll_length=2))
     state = jax.jit(estimator.init)(jax.random.key(0), meta)
     grad, new_state, metrics = jax.jit(estimator.estimate)(meta, state, jax.random.key(1))
     assert jax.tree.structure(grad) == jax.tree.structure(meta)
@@ -219,8 +221,9 @@ def test_second_derivatives_switch_drops_the_hessian_term():
   lr, h = float(np.exp(THETA['log_lr'])), 1.5
   grads = {}
   for flag in (True, False):
-    estimator = TruncatedBackprop(ARCH, family, num_tasks=1, unroll_length=3, truncation_schedule=ConstantTruncation(3),
-                                  stagger=False, second_derivatives=flag, objective=FinalLoss())
+    estimator = TruncatedBackprop(StructureGroups(ARCH, family, num_tasks=1, unroll_length=3, stagger=False,
+                                                  truncation_schedule=ConstantTruncation(3),
+                                                  second_derivatives=flag, objective=FinalLoss()))
     grads[flag] = float(estimator.estimate(THETA, estimator.init(jax.random.key(0), THETA),
                                            jax.random.key(1))[0]['log_lr'])
   # Final loss after 3 steps, f3 = ½h x3²; d/dlog η = η ∂f3/∂η.
@@ -238,10 +241,10 @@ def test_second_derivatives_switch_drops_the_hessian_term():
 
 def test_bad_estimator_arguments_name_the_problem():
   with pytest.raises(ValueError, match='std'):
-    TruncatedPES(ARCH, FAMILY, num_tasks=2, std=0.0)
+    TruncatedPES(StructureGroups(ARCH, FAMILY, num_tasks=2), std=0.0)
   with pytest.raises(ValueError, match='std'):
-    TruncatedES(ARCH, FAMILY, num_tasks=2, std=-1.0)
+    TruncatedES(StructureGroups(ARCH, FAMILY, num_tasks=2), std=-1.0)
   with pytest.raises(ValueError, match='num_tasks >= 2'):
-    HybridEstimator(ARCH, FAMILY, num_tasks=1)
+    HybridEstimator(StructureGroups(ARCH, FAMILY, num_tasks=1))
   with pytest.raises(ValueError, match='group_weights'):
-    TruncatedES(ARCH, [FAMILY, QuadraticFamily(dim=3)], num_tasks=2, group_weights=[1.0, -1.0])
+    TruncatedES(StructureGroups(ARCH, [FAMILY, QuadraticFamily(dim=3)], num_tasks=2, group_weights=[1.0, -1.0]))

@@ -22,10 +22,10 @@ import pytest
 
 import lopt
 import quadratic_fixture  # noqa: F401  (the tasks.family hook "quadratic_fixture:quadratics" lives there)
-from meta_train import build, trainer
-from meta_train import config as config_lib
-from meta_train.truncated_backprop import TruncatedBackprop
-from meta_train.truncated_step import MultiTaskEstimator, branch_thresholds
+from meta_train.run import build, trainer
+from meta_train.run import config as config_lib
+from meta_train.estimators.truncated_backprop import TruncatedBackprop
+from meta_train.structure_groups import MultiTaskEstimator, StructureGroups, branch_thresholds
 from tasks import QuadraticFamily
 
 SAMPLED_CONFIG = """
@@ -157,12 +157,14 @@ THETA = ARCH.init(jax.random.key(0))
 
 
 def _truncated(**kwargs):
-  return TruncatedBackprop(ARCH, [QuadraticFamily(2), QuadraticFamily(3), QuadraticFamily(4)], num_tasks=2,
-                           unroll_length=1, group_mode='sample', second_derivatives=False, **kwargs)
+  return TruncatedBackprop(StructureGroups(ARCH, [QuadraticFamily(2), QuadraticFamily(3), QuadraticFamily(4)],
+                                           num_tasks=2, unroll_length=1, group_mode='sample',
+                                           second_derivatives=False, **kwargs))
 
 
 def _multi():
-  parts = [TruncatedBackprop(ARCH, QuadraticFamily(d), num_tasks=2, unroll_length=1, second_derivatives=False)
+  parts = [TruncatedBackprop(StructureGroups(ARCH, QuadraticFamily(d), num_tasks=2, unroll_length=1,
+                                             second_derivatives=False))
            for d in (2, 3)]
   return MultiTaskEstimator(parts, weights=[1.0, 3.0], mode='sample')
 
@@ -202,8 +204,8 @@ def test_trainer_draw_frequencies_follow_group_weights():
   exceeds with probability 1e-3 (the keys are fixed, so the outcome is deterministic). Sensitivity: moving 0.03 of
   probability between the first and the last group adds about 36 + 6 = 42 to the expected statistic."""
   weights = np.asarray([0.1, 0.0, 0.3, 0.6])
-  estimator = TruncatedBackprop(ARCH, [QuadraticFamily(d) for d in (2, 3, 4, 5)], num_tasks=2, unroll_length=1,
-                                group_mode='sample', group_weights=weights)
+  estimator = TruncatedBackprop(StructureGroups(ARCH, [QuadraticFamily(d) for d in (2, 3, 4, 5)], num_tasks=2,
+                                                unroll_length=1, group_mode='sample', group_weights=weights))
   components = types.SimpleNamespace(estimator=estimator)
   n = 4000
   key = jax.random.key(7)
@@ -230,7 +232,8 @@ def test_branch_arguments_are_checked():
   state = estimator.init(jax.random.key(0), THETA)
   with pytest.raises(ValueError, match='branch must be in'):
     estimator.estimate(THETA, state, jax.random.key(1), branch=3)
-  everything = TruncatedBackprop(ARCH, [QuadraticFamily(2), QuadraticFamily(3)], num_tasks=2, unroll_length=1)
+  everything = TruncatedBackprop(StructureGroups(ARCH, [QuadraticFamily(2), QuadraticFamily(3)], num_tasks=2,
+                                                 unroll_length=1))
   assert everything.num_branches == 1 and everything.sample_branch(jax.random.key(0)) == 0
   with pytest.raises(ValueError, match='one branch'):
     everything.estimate(THETA, everything.init(jax.random.key(0), THETA), jax.random.key(1), branch=1)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import quadratic_fixture
-from meta_train import build, resume_state, trainer
-from meta_train import config as config_lib
-from meta_train.checkpoint import CheckpointManager
+from meta_train.run import build, resume_state, trainer
+from meta_train.run import config as config_lib
+from meta_train.run.checkpoint import CheckpointManager
 
 
 def _config(*overrides):

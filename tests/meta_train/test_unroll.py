@@ -17,10 +17,11 @@ import optax
 import pytest
 
 from lopt.base import LearnedOptimizer
-from meta_train import truncated_step
+from meta_train import structure_groups
+from meta_train.estimators.truncated_backprop import TruncatedBackprop
 from meta_train.objectives import ClippedOuterValidLoss, LogNormalizedTrainLoss
-from meta_train.truncated_backprop import TruncatedBackprop
-from meta_train.truncated_step import MultiTaskEstimator, VectorizedUnroll
+from meta_train.structure_groups import MultiTaskEstimator, StructureGroups
+from meta_train.unroll import VectorizedUnroll
 from meta_train.truncation_schedules import ConstantTruncation, LogUniformTruncation
 from tasks.base import Task, TaskFamily
 
@@ -172,8 +173,8 @@ def test_nonfinite_instances_are_reset_and_counted():
   assert np.all(np.isfinite(np.asarray(out.values)))
   assert np.all(np.isfinite(np.asarray(new_state.params)))
   # The estimator reports the same count as a metric, and a finite meta-loss.
-  estimator = TruncatedBackprop(ARCH, family, num_tasks=2, truncation_schedule=ConstantTruncation(10_000),
-                                unroll_length=steps, stagger=False)
+  estimator = TruncatedBackprop(StructureGroups(ARCH, family, num_tasks=2, unroll_length=steps, stagger=False,
+                                                truncation_schedule=ConstantTruncation(10_000)))
   _, _, metrics = jax.jit(estimator.estimate)(theta, estimator.init(jax.random.key(0), theta), jax.random.key(1))
   assert float(metrics['inner_nonfinite_resets']) == 2 * expected
   assert np.isfinite(float(metrics['meta_loss']))
@@ -214,8 +215,8 @@ def test_log_normalized_objective_of_a_whole_episode_matches_the_closed_form():
 
 def test_families_are_grouped_by_structure_and_each_group_has_num_tasks_instances():
   small, small_too, large = QuadraticFamily(dim=2), QuadraticFamily(dim=2, max_curvature=8.0), QuadraticFamily(dim=5)
-  assert [len(g) for g in truncated_step.group_by_structure([small, large, small_too])] == [2, 1]
-  estimator = TruncatedBackprop(ARCH, [small, large, small_too], num_tasks=64, unroll_length=1)
+  assert [len(g) for g in structure_groups.group_by_structure([small, large, small_too])] == [2, 1]
+  estimator = TruncatedBackprop(StructureGroups(ARCH, [small, large, small_too], num_tasks=64, unroll_length=1))
   np.testing.assert_allclose(estimator.group_weights, [2 / 3, 1 / 3])
   state = jax.jit(estimator.init)(jax.random.key(0), THETA)
   assert state.groups[0].params.shape == (64, 1, 2) and state.groups[1].params.shape == (64, 1, 5)
@@ -224,8 +225,8 @@ def test_families_are_grouped_by_structure_and_each_group_has_num_tasks_instance
 
 
 def test_multi_task_estimator_is_the_weighted_sum_of_its_parts():
-  one = TruncatedBackprop(ARCH, QuadraticFamily(dim=2), num_tasks=2, unroll_length=3)
-  two = TruncatedBackprop(ARCH, QuadraticFamily(dim=4), num_tasks=2, unroll_length=3)
+  one = TruncatedBackprop(StructureGroups(ARCH, QuadraticFamily(dim=2), num_tasks=2, unroll_length=3))
+  two = TruncatedBackprop(StructureGroups(ARCH, QuadraticFamily(dim=4), num_tasks=2, unroll_length=3))
   multi = MultiTaskEstimator([one, two], weights=[3.0, 1.0])
   init_key, key = jax.random.key(0), jax.random.key(1)
   grad, _, metrics = jax.jit(multi.estimate)(THETA, multi.init(init_key, THETA), key)
@@ -242,8 +243,8 @@ def test_multi_task_estimator_is_the_weighted_sum_of_its_parts():
 
 
 def test_sampled_group_mode_advances_only_the_drawn_group():
-  estimator = TruncatedBackprop(ARCH, [QuadraticFamily(dim=2), QuadraticFamily(dim=3)], num_tasks=2,
-                                unroll_length=2, group_mode='sample', stagger=False)
+  estimator = TruncatedBackprop(StructureGroups(ARCH, [QuadraticFamily(dim=2), QuadraticFamily(dim=3)], num_tasks=2,
+                                                unroll_length=2, group_mode='sample', stagger=False))
   state = estimator.init(jax.random.key(0), THETA)
   _, new_state, _ = jax.jit(estimator.estimate)(THETA, state, jax.random.key(5))
   advanced = [int(np.asarray(g.step).max()) for g in new_state.groups]
@@ -254,12 +255,14 @@ def test_bad_arguments_name_the_problem():
   with pytest.raises(ValueError, match='num_tasks'):
     VectorizedUnroll(ARCH, [QuadraticFamily()], num_tasks=0, unroll_length=1)
   with pytest.raises(ValueError, match='unroll_length'):
-    TruncatedBackprop(ARCH, QuadraticFamily(), num_tasks=2, unroll_length=0)
+    StructureGroups(ARCH, QuadraticFamily(), num_tasks=2, unroll_length=0)
   with pytest.raises(ValueError, match='empty'):
-    TruncatedBackprop(ARCH, [], num_tasks=2)
+    StructureGroups(ARCH, [], num_tasks=2)
   with pytest.raises(TypeError, match='TaskFamily'):
-    TruncatedBackprop(ARCH, ['quadratic'], num_tasks=2)
+    StructureGroups(ARCH, ['quadratic'], num_tasks=2)
   with pytest.raises(ValueError, match='group_mode'):
-    TruncatedBackprop(ARCH, QuadraticFamily(), num_tasks=2, group_mode='every')
+    StructureGroups(ARCH, QuadraticFamily(), num_tasks=2, group_mode='every')
+  with pytest.raises(TypeError, match='StructureGroups or a meta_train.VectorizedUnroll'):
+    TruncatedBackprop(ARCH)
   with pytest.raises(ValueError, match='structure keys'):
     VectorizedUnroll(ARCH, [QuadraticFamily(dim=2), QuadraticFamily(dim=3)], num_tasks=2, unroll_length=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tasks
-from tasks import autoencoder, image_patches, tabular
+from tasks import autoencoder, datasets, image_patches, tabular
 
 
 def test_patches_are_deterministic_balanced_and_labelled_by_image_and_quadrant():
@@ -62,7 +62,7 @@ def test_tabular_unknown_dataset_is_named():
 
 def test_autoencoder_reconstructs_flattened_images_and_learns():
   import optax
-  dataset = image_patches.load_image_patches(size=8)
+  dataset = datasets.load_image_patches(size=8)
   task = autoencoder.AutoencoderTask(dataset, (16, 4, 16), 'tanh', batch_size=64)
   batch = task.batch(jax.random.key(0))
   assert batch.shape == (64, 64) and float(batch.min()) >= 0 and float(batch.max()) <= 1
@@ -87,4 +87,4 @@ def test_autoencoder_reconstructs_flattened_images_and_learns():
 
 def test_autoencoder_rejects_empty_bottleneck():
   with pytest.raises(ValueError, match='hidden_sizes must be a non-empty'):
-    autoencoder.AutoencoderTask(image_patches.load_image_patches(size=8), ())
+    autoencoder.AutoencoderTask(datasets.load_image_patches(size=8), ())

@@ -21,7 +21,7 @@ silently falling back to a default wastes a day of compute:
   TOML literal, such as ``estimator.name=pes``, is taken as a string).
 
 The ``kwargs`` tables (``learned_optimizer.hparams``, ``tasks.kwargs``, ``estimator.kwargs``, ...) are passed to
-the component the ``name`` field selects; :mod:`meta_train.build` checks them against that component's signature
+the component the ``name`` field selects; :mod:`meta_train.run.build` checks them against that component's signature
 with the same strict rules.
 """
 
@@ -144,7 +144,10 @@ class EstimatorConfig:
     name: ``'tbptt'`` (truncated backprop through the unroll), ``'es'`` (antithetic truncated ES), ``'pes'``
       (persistent ES, Vicol et al. 2021), ``'hybrid'`` (Metz et al. 2019: reparameterization and ES gradients
       combined per element by inverse-variance weighting), or ``'package.module:factory'``.
-    kwargs: keyword arguments of the estimator (for example ``std`` for the perturbation scale of ES/PES).
+    kwargs: keyword arguments of the estimator (for example ``std`` for the perturbation scale of ES/PES) and of
+      the unrolls it runs (:class:`meta_train.structure_groups.StructureGroups`: ``unroll_length``, ``group_mode``,
+      ``group_weights``, ``use_valid_loss``, ``stagger``, ``second_derivatives``); a ``module:factory`` receives
+      them all.
     truncation: the truncation schedule: ``name`` one of ``'constant'``, ``'log_uniform'``, ``'wichrowska'``,
       ``'linear_increasing'``, with its ``kwargs`` (unroll length, episode length, ...).
     objective: the meta-objective: ``name`` one of ``'log_normalized_train'`` (Wichrowska 2017),

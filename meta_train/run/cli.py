@@ -1,12 +1,12 @@
 """Command line: ``python -m meta_train CONFIG --out DIR [key=value ...]``.
 
-Meta-trains the learned optimizer that the TOML file ``CONFIG`` describes (see :mod:`meta_train.config`), with dotted
-``key=value`` overrides, writing to ``DIR``:
+Meta-trains the learned optimizer that the TOML file ``CONFIG`` describes (see :mod:`meta_train.run.config`), with
+dotted ``key=value`` overrides, writing to ``DIR``:
 
 * ``config.toml``: the config actually used (file plus overrides);
-* ``metrics.jsonl``, ``tensorboard/``, ``meta_training.png``: meta-training curves (:mod:`meta_train.logging`);
+* ``metrics.jsonl``, ``tensorboard/``, ``meta_training.png``: meta-training curves (:mod:`meta_train.run.logging`);
 * ``evaluation.jsonl``: periodic evaluation against Adam on held-out tasks (when ``evaluation.every > 0``);
-* ``checkpoints/``: the newest ``run.keep_checkpoints`` checkpoints (:mod:`meta_train.checkpoint`);
+* ``checkpoints/``: the newest ``run.keep_checkpoints`` checkpoints (:mod:`meta_train.run.checkpoint`);
 * ``final.npz``: the final meta-parameters in the :func:`lopt.save` format (``lopt.load('DIR/final.npz')``).
 
 Running the same command on the same ``DIR`` resumes from the latest checkpoint; a different config is refused
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_intermixed_args(argv)
   # Imports after argument parsing: `--help` stays instant, and jax.distributed must initialise before other JAX use.
-  from meta_train import checkpoint, config as config_lib, sharding, trainer  # pylint: disable=import-outside-toplevel
+  from meta_train.run import (checkpoint, config as config_lib, sharding,  # pylint: disable=import-outside-toplevel
+                              trainer)
 
   try:
     if args.distributed or args.coordinator is not None:

@@ -1,4 +1,4 @@
-"""Persistent evolution strategies (PES, Vicol et al. 2021), SPEC 5.2.
+"""Persistent evolution strategies (PES, Vicol et al. 2021); docs/algorithms.md §8.4.
 
 Each instance keeps two persistent inner trajectories, the ``+`` and ``−`` twins, and a perturbation accumulator
 ``ξ_b``. At every truncation a fresh ``ε_b ~ N(0, σ² I)`` is drawn, the ``+`` twin is unrolled with ``θ + ε_b`` and
@@ -29,8 +29,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from meta_train import truncated_step
-from meta_train.truncated_step import PerturbedEstimator, UnrollState, VectorizedUnroll
+from meta_train.estimators import perturbation
+from meta_train.estimators.perturbation import PerturbedEstimator
+from meta_train.unroll import UnrollState, VectorizedUnroll, select_instances, unroll_metrics
 
 
 class PESGroupState(NamedTuple):
@@ -41,7 +42,7 @@ class PESGroupState(NamedTuple):
 class TruncatedPES(PerturbedEstimator):
   """Persistent evolution strategies; see the module docstring.
 
-  Args: as :class:`meta_train.truncated_step.PerturbedEstimator`.
+  Args: ``unroll`` and ``std`` (σ), as :class:`meta_train.estimators.perturbation.PerturbedEstimator`.
   """
 
   def _init_group(self, unroll: VectorizedUnroll, key, meta_params):
@@ -51,17 +52,17 @@ class TruncatedPES(PerturbedEstimator):
 
   def _estimate_group(self, unroll: VectorizedUnroll, meta_params, state: PESGroupState, key, meta_step):
     noise_key, unroll_key = jax.random.split(key)
-    eps = truncated_step.sample_perturbations(noise_key, meta_params, unroll.num_tasks, self.std)
+    eps = perturbation.sample_perturbations(noise_key, meta_params, unroll.num_tasks, self.std)
     accumulator = jax.tree.map(jnp.add, state.accumulator, eps)
-    new_unroll, output = unroll.unroll(truncated_step.antithetic_meta_params(meta_params, eps), state.unroll,
+    new_unroll, output = unroll.unroll(perturbation.antithetic_meta_params(meta_params, eps), state.unroll,
                                        unroll_key, meta_step, per_particle=True)
     differences = (output.values[:, :, 0] - output.values[:, :, 1]) * unroll.weights()[:, None]  # [T, B]
     delta_old = jnp.sum(jnp.where(output.before_reset, differences, 0.0), axis=0)
     delta_new = jnp.sum(jnp.where(output.before_reset, 0.0, differences), axis=0)
     scale = 1.0 / (2 * self.std**2)
-    grad = jax.tree.map(jnp.add, truncated_step.weighted_tree_mean(delta_old * scale, accumulator),
-                        truncated_step.weighted_tree_mean(delta_new * scale, eps))
+    grad = jax.tree.map(jnp.add, perturbation.weighted_tree_mean(delta_old * scale, accumulator),
+                        perturbation.weighted_tree_mean(delta_new * scale, eps))
     episode_ended = ~output.before_reset[-1]
-    accumulator = truncated_step.select_instances(episode_ended, eps, accumulator)
+    accumulator = select_instances(episode_ended, eps, accumulator)
     losses = unroll.truncation_loss(output)
-    return grad, PESGroupState(new_unroll, accumulator), truncated_step.unroll_metrics(output, losses)
+    return grad, PESGroupState(new_unroll, accumulator), unroll_metrics(output, losses)

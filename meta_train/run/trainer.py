@@ -15,15 +15,15 @@ Everything that determines the future of the run lives in one :class:`TrainState
 state, estimator state, PRNG key, step, counters). It is checkpointed every ``run.checkpoint_every`` steps, so the same
 command on the same output directory resumes from the latest checkpoint and produces bitwise the meta-parameters an
 uninterrupted run would have (on CPU; see ``tests/meta_train/test_resume_sigkill.py``). Every checkpoint also writes
-the compact ``resume.npz`` (:mod:`meta_train.resume_state`: meta-parameters, meta-optimizer state, key, step; no
+the compact ``resume.npz`` (:mod:`meta_train.run.resume_state`: meta-parameters, meta-optimizer state, key, step; no
 task instances); a directory that holds it but no checkpoint (a run committed to git, copied without its
 checkpoints) resumes from it with freshly drawn task instances.
 
-The ensemble axis of the estimator state is sharded over every device (:mod:`meta_train.sharding`); the step itself is
-written for one device and ``jax.jit`` partitions it.
+The ensemble axis of the estimator state is sharded over every device (:mod:`meta_train.run.sharding`); the step itself
+is written for one device and ``jax.jit`` partitions it.
 
 Estimators with host-sampled branches (``estimator.num_branches > 1``, e.g. ``group_mode = 'sample'`` over several
-structure groups; see :mod:`meta_train.base`): before each meta-step the branch is drawn on the host from the
+structure groups; see :mod:`meta_train.estimators.base`): before each meta-step the branch is drawn on the host from the
 state's PRNG key (:func:`draw_branch`), and the step specialised to that branch is compiled the first time the branch
 is drawn and reused afterwards. The draw depends on the key alone, so a resumed run draws what the uninterrupted run
 drew, and it equals the draw the estimator makes inside a single program.
@@ -43,12 +43,12 @@ import optax
 from tqdm.auto import tqdm
 
 from lopt import serialization
-from meta_train import build
-from meta_train import checkpoint
-from meta_train import config as config_lib
-from meta_train import logging as run_logging
-from meta_train import resume_state
-from meta_train import sharding
+from meta_train.run import build
+from meta_train.run import checkpoint
+from meta_train.run import config as config_lib
+from meta_train.run import logging as run_logging
+from meta_train.run import resume_state
+from meta_train.run import sharding
 
 CONFIG_FILE = 'config.toml'
 FINAL_FILE = 'final.npz'
@@ -201,9 +201,9 @@ def train(config: config_lib.Config, out_dir: str, components: build.Components 
   3. otherwise a fresh start.
 
   Args:
-    config: a validated :class:`meta_train.config.Config`.
+    config: a validated :class:`meta_train.run.config.Config`.
     out_dir: the run's directory (created if missing).
-    components: the built pieces; default ``meta_train.build.build(config)``.
+    components: the built pieces; default ``meta_train.run.build.build(config)``.
     progress: show a tqdm progress bar (meta-loss, speed, ETA) on stderr.
   """
   run = config.run

@@ -1,8 +1,8 @@
 """The compact resumable state of a run, ``DIR/resume.npz``: kilobytes where a full checkpoint is megabytes.
 
-A full checkpoint (:mod:`meta_train.checkpoint`) holds the whole :class:`meta_train.trainer.TrainState`, including
-the estimator state: the inner parameters and optimizer states of every task instance of the ensemble, most of its
-size (the committed runs: 5 to 14 MB each). What determines the *meta*-training's future is much smaller::
+A full checkpoint (:mod:`meta_train.run.checkpoint`) holds the whole :class:`meta_train.run.trainer.TrainState`,
+including the estimator state: the inner parameters and optimizer states of every task instance of the ensemble, most
+of its size (the committed runs: 5 to 14 MB each). What determines the *meta*-training's future is much smaller::
 
     resume.npz = {step, meta_params, meta_opt_state, key, nonfinite_meta_grads, inner_nonfinite_resets}
                  + metadata {config_fingerprint: config.fingerprint(config)}
@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 
 import jax
 
-from meta_train import checkpoint
-from meta_train import config as config_lib
+from meta_train.run import checkpoint
+from meta_train.run import config as config_lib
 
 #: The file's name inside a run directory.
 RESUME_FILE = 'resume.npz'

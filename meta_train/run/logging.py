@@ -20,7 +20,7 @@ import math
 import os
 from typing import Mapping
 
-from meta_train import checkpoint
+from meta_train.run import checkpoint
 
 METRICS_FILE = 'metrics.jsonl'
 EVALUATION_FILE = 'evaluation.jsonl'

@@ -25,14 +25,14 @@ skipped with a ``UserWarning`` naming its step, and the previous one is tried, s
 ``checkpoint_every`` steps, not the run.
 
 Typed PRNG keys (``jax.random.key``) are stored as their raw key data with the implementation's name, and restored
-with ``jax.random.wrap_key_data``. Trees are saved from host copies (:func:`meta_train.sharding.to_host` gathers
+with ``jax.random.wrap_key_data``. Trees are saved from host copies (:func:`meta_train.run.sharding.to_host` gathers
 arrays sharded across processes; every process passes the same tree) and restored as NumPy arrays that the caller
 places on devices.
 
 Checkpoints written before orbax (``DIR/checkpoints/ckpt_<step>.npz``, format version 1) are still read, by the
 single-file reader below: a run interrupted before the upgrade resumes from them, and they are deleted once ``keep``
 orbax checkpoints exist. The same single-file format (:func:`save`, :func:`load`: one ``.npz`` with a JSON header,
-written atomically) stays the format of the compact ``DIR/resume.npz`` (:mod:`meta_train.resume_state`).
+written atomically) stays the format of the compact ``DIR/resume.npz`` (:mod:`meta_train.run.resume_state`).
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ class CheckpointManager:
   """
 
   def __init__(self, directory: str, keep: int = 3, write: bool = True):
-    """``write=False`` (a reader, e.g. ``meta_train.export`` or a config check) never creates, writes or deletes."""
+    """``write=False`` (a reader, e.g. ``meta_train.run.export`` or a config check) never creates, writes or deletes."""
     if keep < 1:
       raise ValueError(f'keep must be >= 1, got {keep}.')
     self.directory = os.path.abspath(os.fspath(directory))

@@ -1,4 +1,4 @@
-"""Antithetic truncated evolution strategies (ES), SPEC 5.1.
+"""Antithetic truncated evolution strategies (ES); docs/algorithms.md §8.3.
 
 Each instance ``b`` draws ``ε_b ~ N(0, σ² I)`` over all meta-parameters; its ``+ε`` and ``−ε`` copies start from the
 *same* inner state ``s_b`` and see the same data, and::
@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import jax
 
-from meta_train import truncated_step
-from meta_train.truncated_step import PerturbedEstimator, VectorizedUnroll
+from meta_train.estimators import perturbation
+from meta_train.estimators.perturbation import PerturbedEstimator
+from meta_train.unroll import VectorizedUnroll, unroll_metrics
 
 
 class TruncatedES(PerturbedEstimator):
   """Antithetic ES over one truncation; see the module docstring.
 
-  The state of each structure group is a one-particle :class:`meta_train.truncated_step.UnrollState`; it is
-  duplicated into the ``±ε`` twins for the truncation and the ``+ε`` twin is kept.
+  The state of each structure group is a one-particle :class:`meta_train.unroll.UnrollState`; it is duplicated
+  into the ``±ε`` twins for the truncation and the ``+ε`` twin is kept.
 
-  Args: as :class:`meta_train.truncated_step.PerturbedEstimator`.
+  Args: ``unroll`` and ``std`` (σ), as :class:`meta_train.estimators.perturbation.PerturbedEstimator`.
   """
 
   def _init_group(self, unroll: VectorizedUnroll, key, meta_params):
@@ -34,11 +35,11 @@ class TruncatedES(PerturbedEstimator):
 
   def _estimate_group(self, unroll: VectorizedUnroll, meta_params, state, key, meta_step):
     noise_key, unroll_key = jax.random.split(key)
-    eps = truncated_step.sample_perturbations(noise_key, meta_params, unroll.num_tasks, self.std)
-    twins = truncated_step.duplicate_particle(state, 2)
-    new_state, output = unroll.unroll(truncated_step.antithetic_meta_params(meta_params, eps), twins, unroll_key,
+    eps = perturbation.sample_perturbations(noise_key, meta_params, unroll.num_tasks, self.std)
+    twins = perturbation.duplicate_particle(state, 2)
+    new_state, output = unroll.unroll(perturbation.antithetic_meta_params(meta_params, eps), twins, unroll_key,
                                       meta_step, per_particle=True)
     losses = unroll.truncation_loss(output)  # [B, 2]
     coefficients = (losses[:, 0] - losses[:, 1]) / (2 * self.std**2)
-    grad = truncated_step.weighted_tree_mean(coefficients, eps)
-    return grad, truncated_step.take_particle(new_state, 0), truncated_step.unroll_metrics(output, losses)
+    grad = perturbation.weighted_tree_mean(coefficients, eps)
+    return grad, perturbation.take_particle(new_state, 0), unroll_metrics(output, losses)

@@ -3,7 +3,7 @@
 A run writes ``final.npz`` only when it ends; this takes the newest readable checkpoint instead, so a long run can be
 evaluated (or its current weights shipped) at any time::
 
-    python -m meta_train.export runs/hrnn_shipped hrnn_now.npz
+    python -m meta_train.run.export runs/hrnn_shipped hrnn_now.npz
     python -m evaluation --optimizer now=hrnn_now.npz --out runs/eval_now
 
 The run directory's ``config.toml`` says which architecture and state layout to expect; the checkpoint is checked
@@ -23,12 +23,12 @@ def export_checkpoint(run_dir: str, out_path: str) -> int:
   """Writes the newest checkpoint's meta-parameters of ``run_dir`` to ``out_path``; returns that checkpoint's step.
 
   Raises:
-    meta_train.config.ConfigError: ``run_dir`` has no ``config.toml`` or it does not build.
-    meta_train.checkpoint.CheckpointError: no readable checkpoint, or one that does not match the config.
+    meta_train.run.config.ConfigError: ``run_dir`` has no ``config.toml`` or it does not build.
+    meta_train.run.checkpoint.CheckpointError: no readable checkpoint, or one that does not match the config.
   """
   # pylint: disable=import-outside-toplevel
   from lopt import serialization
-  from meta_train import build, checkpoint, config as config_lib, trainer
+  from meta_train.run import build, checkpoint, config as config_lib, trainer
   config_path = os.path.join(run_dir, trainer.CONFIG_FILE)
   if not os.path.isfile(config_path):
     raise config_lib.ConfigError(f'{run_dir!r} is not a meta-training run directory: it has no {trainer.CONFIG_FILE}.')
@@ -44,11 +44,11 @@ def export_checkpoint(run_dir: str, out_path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m meta_train.export', description=__doc__.split('\n\n')[0])
+  parser = argparse.ArgumentParser(prog='python -m meta_train.run.export', description=__doc__.split('\n\n')[0])
   parser.add_argument('run_dir', help='a meta-training output directory (holds config.toml and checkpoints/)')
   parser.add_argument('out', help='the .npz file to write (lopt.save format)')
   args = parser.parse_args(argv)
-  from meta_train import checkpoint, config as config_lib  # pylint: disable=import-outside-toplevel
+  from meta_train.run import checkpoint, config as config_lib  # pylint: disable=import-outside-toplevel
   try:
     step = export_checkpoint(args.run_dir, args.out)
   except (config_lib.ConfigError, checkpoint.CheckpointError) as e:

@@ -1,4 +1,4 @@
-"""The Metz et al. 2019 hybrid: reparameterization and ES gradients combined by inverse-variance weighting (SPEC 3.2).
+"""The Metz et al. 2019 hybrid: reparameterization and ES gradients combined by inverse-variance weighting.
 
 Metz et al. ("Understanding and correcting pathologies in the training of learned optimizers", ICML 2019,
 ``es_grad_inv_var.ESGradInvVarTrainer``) meta-train on the Gaussian-smoothed objective ``E_ε[L(θ + ε)]``, for which
@@ -21,21 +21,18 @@ sample, is at most the smaller of the two). The next truncation starts from the 
 Scale: the paper's code computes ``∇(L+ + L−)`` and ``(L+ − L−)·ε/σ²``, both twice the gradient; we halve both so
 the hybrid estimates the same gradient as the other estimators (the weighting is unchanged up to the 1e-8).
 σ = 0.01 (ESCustomGetter's default). Differentiating with respect to per-instance copies of θ gives the per-instance
-``g_RP,b`` in one backward pass.
+``g_RP,b`` in one backward pass. docs/algorithms.md §4 (and §8.5).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 
-from meta_train import truncated_step
-from meta_train.objectives import MetaObjective
-from meta_train.truncated_step import PerturbedEstimator, VectorizedUnroll
-from meta_train.truncation_schedules import TruncationSchedule
-from tasks.base import TaskFamily
+from meta_train.estimators import perturbation
+from meta_train.estimators.perturbation import PerturbedEstimator
+from meta_train.structure_groups import StructureGroups
+from meta_train.unroll import VectorizedUnroll, unroll_metrics
 
 #: added to both sample variances, as in the paper's code, so a zero-variance estimator does not divide by zero.
 VARIANCE_EPSILON = 1e-8
@@ -53,24 +50,18 @@ class HybridEstimator(PerturbedEstimator):
   """Reparameterization + ES with per-element inverse-variance weighting; see the module docstring.
 
   Args:
-    second_derivatives: differentiate through the inner gradient in the reparameterization part (True).
-    the others: as :class:`meta_train.truncated_step.PerturbedEstimator`; ``num_tasks >= 2`` (the weights need
-      sample variances over instances; the paper used 128), and the paper's objective was
-      :class:`meta_train.objectives.ClippedOuterValidLoss`.
+    unroll: the unrolls to run (:class:`meta_train.structure_groups.StructureGroups` or one
+      :class:`meta_train.unroll.VectorizedUnroll`) with ``num_tasks >= 2`` (the weights need sample variances over
+      instances; the paper used 128). Its ``second_derivatives`` applies to the reparameterization part, and the
+      paper's objective was :class:`meta_train.objectives.ClippedOuterValidLoss`.
+    std: the perturbation scale σ (0.01).
   """
 
-  def __init__(self, architecture, families: TaskFamily | Sequence[TaskFamily], num_tasks: int,
-               truncation_schedule: TruncationSchedule | None = None, objective: MetaObjective | None = None, *,
-               unroll_length: int = 20, std: float = 0.01, second_derivatives: bool = True,
-               use_valid_loss: bool = False, stagger: bool = True, group_weights: Sequence[float] | None = None,
-               group_mode: str = 'all'):
-    if isinstance(num_tasks, int) and not isinstance(num_tasks, bool) and num_tasks < 2:
+  def __init__(self, unroll: StructureGroups | VectorizedUnroll, *, std: float = 0.01):
+    super().__init__(unroll, std=std)
+    if self.num_tasks < 2:
       raise ValueError(f'HybridEstimator needs num_tasks >= 2 (it weights by sample variances over instances), '
-                       f'got {num_tasks}.')
-    self.second_derivatives = second_derivatives  # overrides PerturbedEstimator's class default before its __init__
-    super().__init__(architecture, families, num_tasks, truncation_schedule, objective, unroll_length=unroll_length,
-                     std=std, use_valid_loss=use_valid_loss, stagger=stagger, group_weights=group_weights,
-                     group_mode=group_mode)
+                       f'got {self.num_tasks}.')
 
   def _init_group(self, unroll: VectorizedUnroll, key, meta_params):
     return unroll.init(key, meta_params, num_particles=1)
@@ -78,12 +69,12 @@ class HybridEstimator(PerturbedEstimator):
   def per_instance_estimates(self, unroll: VectorizedUnroll, meta_params, state, key, meta_step):
     """``(g_RP, g_ES, new_state, output, losses)`` for one group; the gradients have a leading ``[B]`` axis."""
     noise_key, unroll_key = jax.random.split(key)
-    eps = truncated_step.sample_perturbations(noise_key, meta_params, unroll.num_tasks, self.std)
-    twins = truncated_step.duplicate_particle(state, 2)
+    eps = perturbation.sample_perturbations(noise_key, meta_params, unroll.num_tasks, self.std)
+    twins = perturbation.duplicate_particle(state, 2)
     copies = jax.tree.map(lambda x: jnp.broadcast_to(x, (unroll.num_tasks,) + jnp.shape(x)), meta_params)
 
     def summed_loss(theta_per_instance):
-      new_state, output = unroll.unroll(truncated_step.antithetic_meta_params(theta_per_instance, eps), twins,
+      new_state, output = unroll.unroll(perturbation.antithetic_meta_params(theta_per_instance, eps), twins,
                                         unroll_key, meta_step, per_particle=True)
       losses = unroll.truncation_loss(output)  # [B, 2]
       return 0.5 * jnp.sum(losses), (new_state, output, losses)
@@ -91,10 +82,10 @@ class HybridEstimator(PerturbedEstimator):
     (_, (new_state, output, losses)), rp = jax.value_and_grad(summed_loss, has_aux=True)(copies)
     es = jax.tree.map(lambda e: e * jnp.reshape((losses[:, 0] - losses[:, 1]) / (2 * self.std**2),
                                                 (-1,) + (1,) * (e.ndim - 1)), eps)
-    new_state = truncated_step.take_particle(jax.lax.stop_gradient(new_state), 0)
+    new_state = perturbation.take_particle(jax.lax.stop_gradient(new_state), 0)
     return rp, es, new_state, output, losses
 
   def _estimate_group(self, unroll: VectorizedUnroll, meta_params, state, key, meta_step):
     rp, es, new_state, output, losses = self.per_instance_estimates(unroll, meta_params, state, key, meta_step)
     grad = jax.tree.map(inverse_variance_combine, rp, es)
-    return grad, new_state, truncated_step.unroll_metrics(output, losses)
+    return grad, new_state, unroll_metrics(output, losses)

@@ -1,4 +1,4 @@
-"""From a validated :class:`meta_train.config.Config` to the objects a run needs: :func:`build`.
+"""From a validated :class:`meta_train.run.config.Config` to the objects a run needs: :func:`build`.
 
 Every component is chosen by a name in the config: a built-in name (listed in the errors and in each section's
 documentation), or ``'package.module:attr'`` to use your own code without editing this package (nothing is
@@ -33,14 +33,15 @@ import optax
 from evaluation import periodic
 from lopt import serialization
 from lopt.architectures import BUILTIN_ARCHITECTURES
-from meta_train import config as config_lib
+from meta_train.run import config as config_lib
 from meta_train import objectives, truncation_schedules
-from meta_train.base import GradientEstimator
-from meta_train.config import ConfigError
-from meta_train.hybrid import HybridEstimator
-from meta_train.truncated_backprop import TruncatedBackprop
-from meta_train.truncated_es import TruncatedES
-from meta_train.truncated_pes import TruncatedPES
+from meta_train.estimators.base import GradientEstimator
+from meta_train.estimators.es import TruncatedES
+from meta_train.estimators.hybrid import HybridEstimator
+from meta_train.estimators.pes import TruncatedPES
+from meta_train.estimators.truncated_backprop import TruncatedBackprop
+from meta_train.run.config import ConfigError
+from meta_train.structure_groups import StructureGroups
 from tasks.base import SingleTaskFamily, Task, TaskFamily
 
 
@@ -184,6 +185,9 @@ def _choose(name: str, table: dict[str, Any], field: str) -> Any:
 # ----------------------------------------------------------------------------------------------------------------
 # The built-in names. Adding a component is one module plus one line in its table.
 
+#: Estimator classes built as ``cls(StructureGroups(architecture, families, num_tasks, schedule, objective, **shared),
+#: **own)``: ``estimator.kwargs`` are split between the estimator's own parameters and those of
+#: :class:`meta_train.structure_groups.StructureGroups` (see :func:`build_estimator`).
 ESTIMATORS: dict[str, Callable[..., Any]] = {
     'tbptt': TruncatedBackprop,
     'es': TruncatedES,
@@ -328,22 +332,40 @@ def _parameters(fn) -> set[str]:
     return set()
 
 
+#: What :func:`build_estimator` passes to :class:`meta_train.structure_groups.StructureGroups` itself.
+_GROUPS_PROVIDED = ('architecture', 'families', 'num_tasks', 'truncation_schedule', 'objective')
+
+
 def build_estimator(cfg: config_lib.EstimatorConfig, architecture, families, num_tasks: int):
-  """The gradient estimator with its truncation schedule and meta-objective."""
+  """The gradient estimator with its truncation schedule and meta-objective.
+
+  A built-in estimator is composed of the unrolls it runs and its own arguments: ``estimator.kwargs`` that the
+  estimator class takes (``std``, say) go to it, the others (``unroll_length``, ``group_mode``, ...) to
+  :class:`meta_train.structure_groups.StructureGroups`; a name neither takes is an error listing both's names.
+  """
   if ':' in cfg.name:
     factory = import_attr(cfg.name, 'estimator.name')
     return call(factory, cfg.kwargs, 'estimator.kwargs', architecture, families, num_tasks)
   estimator_cls = _choose(cfg.name, ESTIMATORS, 'estimator.name')
+  own_names = _parameters(estimator_cls) - {'unroll'}
+  group_names = _parameters(StructureGroups)
+  for name in cfg.kwargs:
+    if name not in own_names and name not in group_names:
+      raise config_lib.unknown_key_error(
+          'estimator.kwargs', name, sorted((own_names | group_names) - set(_GROUPS_PROVIDED)))
   schedule = call(_choose(cfg.truncation.name, TRUNCATION_SCHEDULES, 'estimator.truncation.name'),
                   cfg.truncation.kwargs, 'estimator.truncation.kwargs')
   objective = call(_choose(cfg.objective.name, OBJECTIVES, 'estimator.objective.name'),
                    cfg.objective.kwargs, 'estimator.objective.kwargs')
-  return call(estimator_cls, cfg.kwargs, 'estimator.kwargs', architecture=architecture, families=families,
-              num_tasks=num_tasks, truncation_schedule=schedule, objective=objective)
+  own = {k: v for k, v in cfg.kwargs.items() if k in own_names}
+  shared = {k: v for k, v in cfg.kwargs.items() if k not in own_names}
+  groups = call(StructureGroups, shared, 'estimator.kwargs', architecture=architecture, families=families,
+                num_tasks=num_tasks, truncation_schedule=schedule, objective=objective)
+  return call(estimator_cls, own, 'estimator.kwargs', unroll=groups)
 
 
 class Components(NamedTuple):
-  """The built pieces of a run (see :func:`meta_train.build.build`).
+  """The built pieces of a run (see :func:`meta_train.run.build.build`).
 
   Attributes:
     architecture: the learned optimizer being meta-trained (a :class:`lopt.LearnedOptimizer`).
