@@ -81,7 +81,7 @@ class LearnedOptimizerConfig:
 
   Attributes:
     architecture: an architecture name from ``lopt.architectures.BUILTIN_ARCHITECTURES`` (for example
-      ``'hierarchical_rnn'``, ``'mlp'``, ``'rnn_mlp'``), or ``'package.module:ClassName'`` for your own
+      ``'hierarchical_rnn'``, ``'mlp_lopt'``, ``'rnn_mlp_lopt'``), or ``'package.module:ClassName'`` for your own
       :class:`lopt.LearnedOptimizer` subclass.
     hparams: keyword arguments of the architecture's constructor (its hyperparameters); unknown names are errors.
     init_from: optional path of a ``lopt.save`` file whose meta-parameters start the run instead of
