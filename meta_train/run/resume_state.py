@@ -8,11 +8,12 @@ of its size (the committed runs: 5 to 14 MB each). What determines the *meta*-tr
                  + metadata {config_fingerprint: config.fingerprint(config)}
 
 Every checkpoint also writes this file, in the atomic, checksummed single-file tree format of
-:func:`meta_train.run.checkpoint.save` (the orbax checkpoints do not use it). When ``DIR/checkpoints/`` is absent
-or empty and ``resume.npz`` exists, the trainer resumes from it: the meta-parameters, the meta-optimizer state,
-the run's PRNG key, the step and the counters are those of the file, and the inner task instances are *redrawn* (``estimator.init`` with a key folded from the stored one). The continuation is therefore a
-valid continuation of the meta-training, but not bitwise the one an uninterrupted run would have made (its task
-instances were part-way through their truncations); full checkpoints stay for bitwise resumption on one machine.
+:func:`meta_train.run.checkpoint.save` (the orbax checkpoints do not use it). When ``DIR/checkpoints/`` is absent or
+empty and ``resume.npz`` exists, the trainer resumes from it: the meta-parameters, the meta-optimizer state, the
+run's PRNG key, the step and the counters are those of the file, and the inner task instances are *redrawn*
+(``estimator.init`` with a key folded from the stored one). The continuation is therefore a valid continuation of
+the meta-training, but not bitwise the one an uninterrupted run would have made (its task instances were part-way
+through their truncations); full checkpoints stay for bitwise resumption on one machine.
 This is what lets ``runs/`` in git keep only kilobytes per run.
 """
 
