@@ -377,19 +377,18 @@ def main(argv: list[str] | None = None) -> None:
              f'({jax.devices()[0].device_kind}), {os.cpu_count()} CPU(s)')
   log(f'{machine}; size {args.size}: {steps} timed calls per program, clock: {clock}')
 
+  print(f'Optimizer step time, size {args.size}: median {clock_text} per jitted call, {steps} calls per program after '
+        f'{warmup} warm-up calls, programs interleaved in blocks of {block}; {machine}.\n', flush=True)
   results = []
-  for name in wanted:
+  for name in wanted:  # each model's table is printed as soon as it is measured (a run cut short keeps them)
     model = models[name]
     log(f'{model.name}: {model.description}; compiling ...')
-    results.append((model, measure_model(model, optimizers, steps, warmup, block)))
-
-  load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
-  print(f'Optimizer step time, size {args.size}: median {clock_text} per jitted call, {steps} calls per program after '
-        f'{warmup} warm-up calls, programs interleaved in blocks of {block}; {machine}; 1-min load average at the end '
-        f'{load:.1f}.\n')
-  for model, timed in results:
+    timed = measure_model(model, optimizers, steps, warmup, block)
+    results.append((model, timed))
     print(f'### {model.name}: {model.description}, {timed[0].num_params:,} parameters\n')
-    print(model_table(timed, model.batch_sizes, clock) + '\n')
+    print(model_table(timed, model.batch_sizes, clock) + '\n', flush=True)
+  load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+  print(f'1-min load average at the end: {load:.1f}.\n')
   print(f'### Summary ({clock_text}): full step / Adam and update ns / parameter\n')
   print(ratio_table(results, clock) + '\n')
   other = 'wall' if clock == 'cpu' else 'cpu'
