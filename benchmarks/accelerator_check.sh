@@ -5,9 +5,9 @@
 # time limits add up to 470 s).
 #
 # Works offline, on a machine that already has a CUDA (or other accelerator) build of jax plus flax, optax, chex,
-# orbax-checkpoint, matplotlib, scikit-learn and tqdm. The few pure-Python packages it may lack (tensorboardX, tomli-w,
-# pytest and their pure-Python dependencies) come from a local folder of wheels, .whl/, prepared beforehand on a
-# machine with a package index by
+# orbax-checkpoint, matplotlib, scikit-learn and tqdm. The few pure-Python packages it may lack (tensorboardX,
+# tomli-w, pytest and their pure-Python dependencies; setuptools, the build backend) come from a local folder of
+# wheels, .whl/, prepared beforehand on a machine with a package index by
 #
 #     benchmarks/accelerator_check.sh --download-wheels
 #
@@ -29,7 +29,7 @@
 # accelerator (all devices against one device, same tolerance) so the sharding code path runs on real devices too.
 set -uo pipefail
 
-WHEELS=(tensorboardX tomli-w pytest pluggy iniconfig pygments pytest-xdist execnet)
+WHEELS=(setuptools tensorboardX tomli-w pytest pluggy iniconfig pygments pytest-xdist execnet)
 PYTHON=${PYTHON:-python3}
 SIZE=${LOPT_CHECK_SIZE:-quick}
 TIME_SCALE=${LOPT_CHECK_TIME_SCALE:-1}
@@ -49,7 +49,7 @@ while [ $# -gt 0 ]; do
     --download-wheels)
       echo "downloading ${WHEELS[*]} into $REPO/.whl"
       exec "$PYTHON" -m pip download --no-deps --only-binary=:all: -d .whl "${WHEELS[@]}" ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "accelerator_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -93,8 +93,16 @@ run_stage() {
 }
 
 install_project() {
-  # No index: the machine may have none. No build isolation: that would fetch setuptools.
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation -e . || return 1
+  # No index: the machine may have none. The build backend (setuptools >= 69) comes from .whl/ when it is there,
+  # else from the environment (--no-build-isolation: needs setuptools >= 70.1, or an older one with wheel).
+  if compgen -G '.whl/setuptools-*.whl' >/dev/null; then
+    "$PYTHON" -m pip install -q --no-index --find-links .whl --no-deps -e . || return 1
+  else
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation -e . || {
+      echo "installing the project without build isolation failed (see above); with setuptools < 70.1 and no" \
+           "wheel package, put a setuptools wheel in .whl/ (benchmarks/accelerator_check.sh --download-wheels)" >&2
+      return 1; }
+  fi
   local missing=()
   "$PYTHON" -c 'import tensorboardX' 2>/dev/null || missing+=(tensorboardX)
   "$PYTHON" -c 'import tomli_w' 2>/dev/null || missing+=(tomli-w)

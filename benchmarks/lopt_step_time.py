@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
 
   size = SIZES[args.size]
-  steps, warmup, block = (size[k] if getattr(args, k) is None else getattr(args, k) for k in ('steps', 'warmup', 'block'))
+  steps, warmup, block = (size[k] if getattr(args, k) is None else getattr(args, k)
+                          for k in ('steps', 'warmup', 'block'))
   if steps < 1 or warmup < 0 or block < 1:
     parser.error(f'need --steps >= 1, --warmup >= 0, --block >= 1; got {steps}, {warmup}, {block}.')
   models = {m.name: m for m in size['models']}
