@@ -11,7 +11,8 @@ Models (``--models``; synthetic data, since timing does not depend on the data's
 
 Each model is timed at two batch sizes (``--size`` picks them, see ``SIZES``). Optimizers (``--optimizers``): Adam
 and AdamW (``optax``, lr 1e-3, AdamW weight decay 1e-4), the hierarchical RNN (``lopt.hierarchical_rnn()``) and the
-MLP optimizer (``lopt.mlp_lopt()``), both with their shipped weights; any other built-in architecture name
+MLP optimizer (``lopt.mlp_lopt()``), both with their shipped weights (``hierarchical_rnn_bf16`` / ``mlp_lopt_bf16``:
+the same with ``state_dtype='bfloat16'``); any other built-in architecture name
 (``lopt.BUILTIN_ARCHITECTURES``) runs at its initial weights. Per model and optimizer, programs jitted with the
 optimizer state (and parameters) donated, as a training loop would:
 
@@ -21,7 +22,7 @@ optimizer state (and parameters) donated, as a training loop would:
   across models of different sizes.
 
 State size: bytes of the optimizer state's leaves (the actual ``tx.init`` pytree, step counters included) per
-parameter (Adam in float32: 8).
+parameter (Adam in float32: 8); a last table gives it for every optimizer in ``OPTIMIZERS``, timed or not.
 
 Clock (``--clock``): every call is timed to ``block_until_ready`` in both wall time and process CPU time
 (``time.process_time``: all threads of this process, so a multi-threaded XLA:CPU op counts the CPU time of every
@@ -191,6 +192,9 @@ OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     'adamw': lambda: optax.adamw(1e-3, weight_decay=1e-4),
     'hierarchical_rnn': lambda: lopt.hierarchical_rnn(),  # shipped weights (and their config)
     'mlp_lopt': lambda: lopt.mlp_lopt(),                  # shipped weights
+    # The same shipped weights with the per-parameter state stored in bfloat16 (arithmetic stays float32).
+    'hierarchical_rnn_bf16': lambda: lopt.hierarchical_rnn(state_dtype='bfloat16'),
+    'mlp_lopt_bf16': lambda: lopt.mlp_lopt(state_dtype='bfloat16'),
 }
 DEFAULT_OPTIMIZERS = 'adam,adamw,hierarchical_rnn,mlp_lopt'
 
@@ -336,6 +340,18 @@ def ratio_table(results: list[tuple[Model, list[Timed]]], clock: str) -> str:
   return '\n'.join(rows)
 
 
+def state_table(models: list[Model]) -> str:
+  """Optimizer state bytes per parameter of every optimizer in OPTIMIZERS on every model, from the shapes and dtypes
+  of ``tx.init`` (``jax.eval_shape``: nothing is compiled or timed)."""
+  rows = ['| optimizer | ' + ' | '.join(m.name for m in models) + ' |', '|---|' + '---:|' * len(models)]
+  params = [jax.eval_shape(m.init, jax.random.key(0)) for m in models]
+  for name in OPTIMIZERS:
+    tx = make_optimizer(name)
+    cells = [f'{tree_bytes(jax.eval_shape(tx.init, p)) / sum(x.size for x in jax.tree.leaves(p)):.2f}' for p in params]
+    rows.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--size', choices=sorted(SIZES), default='full',
@@ -344,7 +360,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--quick', action='store_const', const='quick', dest='size', help='same as --size quick')
   parser.add_argument('--models', default=None, help='comma-separated subset of mlp,convnet,transformer')
   parser.add_argument('--optimizers', '--architectures', default=DEFAULT_OPTIMIZERS,
-                      help='comma-separated names: adam, adamw, hierarchical_rnn and mlp_lopt (shipped weights), or '
+                      help='comma-separated names: adam, adamw, hierarchical_rnn and mlp_lopt (shipped weights), '
+                           'hierarchical_rnn_bf16 and mlp_lopt_bf16 (the same, bfloat16 state), or '
                            'any other built-in architecture (initial weights); adam is always added as the baseline')
   parser.add_argument('--steps', type=int, default=None, help='timed calls per program (default: per --size)')
   parser.add_argument('--warmup', type=int, default=None, help='untimed calls after compilation (default: per --size)')
@@ -394,7 +411,9 @@ def main(argv: list[str] | None = None) -> None:
   print(ratio_table(results, clock) + '\n')
   other = 'wall' if clock == 'cpu' else 'cpu'
   print(f'### Summary in {"wall time" if other == "wall" else "process CPU time"}, same calls\n')
-  print(ratio_table(results, other))
+  print(ratio_table(results, other) + '\n')
+  print('### Optimizer state, bytes per parameter (shapes and dtypes of tx.init, step counters included)\n')
+  print(state_table([model for model, _ in results]))
 
 
 if __name__ == '__main__':
