@@ -384,9 +384,10 @@ def main(argv: list[str] | None = None) -> None:
   optimizers = [o for o in args.optimizers.split(',') if o]
   if 'adam' not in optimizers:
     optimizers.insert(0, 'adam')
-  for name in optimizers:
-    if name not in OPTIMIZERS:
-      lopt.get_architecture(name)  # fails early, listing the valid names
+  unknown = [n for n in optimizers if n not in OPTIMIZERS and n not in lopt.BUILTIN_ARCHITECTURES]
+  if unknown:
+    parser.error(f'--optimizers: unknown {unknown}; valid: {",".join(OPTIMIZERS)}, or a built-in architecture '
+                 f'({",".join(sorted(lopt.BUILTIN_ARCHITECTURES))}) at its initial weights.')
   platform = jax.devices()[0].platform
   clock = args.clock if args.clock != 'auto' else ('cpu' if platform == 'cpu' else 'wall')
   clock_text = ('process CPU time (time.process_time: all threads of this process; other processes\' load excluded)'
