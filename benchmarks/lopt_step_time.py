@@ -1,78 +1,259 @@
-"""Per-step cost of every built-in learned optimizer, as a ratio to optax.adam measured in the same run.
+"""Per-step cost of learned optimizers on three model families, as ratios to optax.adam measured in the same run.
 
-Problem: the 784-64-10 ReLU MLP of the peer-library reference numbers (docs/benchmarks.md, "Reference numbers from a
-peer library"; 50,890 parameters), softmax cross-entropy, batch 128 of synthetic data (timing does not depend on the
-data's values). Two programs are timed per optimizer, both jitted with the optimizer
-state (and parameters) donated, as a training loop would:
+Models (``--models``; synthetic data, since timing does not depend on the data's values; nothing is downloaded):
 
-* full step: forward + backward + ``tx.update(grads, state, params, value=loss)`` + ``optax.apply_updates``;
-* update alone: ``tx.update`` on fixed gradients.
+* ``mlp``: the 784-64-10 ReLU MLP of the peer-library reference numbers (docs/benchmarks.md, "Reference numbers from
+  a peer library"; 50,890 parameters), softmax cross-entropy;
+* ``convnet``: a ConvNet on 32x32x3 images (three 3x3 convolutions, 16/32/64 channels, the last two with stride 2,
+  then dense 4096-64-10; 286,442 parameters), softmax cross-entropy over 10 classes;
+* ``transformer``: a 4-layer pre-LayerNorm decoder-only transformer language model (width 128, 4 heads, MLP 512,
+  learned positions, vocabulary 8192, untied output layer, context 64; 2,906,880 parameters) on random tokens,
+  next-token cross-entropy. Written with ``flax.linen`` below.
 
-Each time is the median of per-call wall times (``block_until_ready`` after every call) over ``--steps`` calls after
-``--warmup`` calls. The machine is shared, so optimizers are measured in interleaved blocks of ``--block`` calls:
-load that comes and goes is spread over all of them instead of penalising whichever ran during it.
-State size is the number of scalars in the optimizer state's leaves divided by the parameter count (Adam: 2).
+Each model is timed at two batch sizes (``--size`` picks them, see ``SIZES``). Optimizers (``--optimizers``): Adam
+and AdamW (``optax``, lr 1e-3, AdamW weight decay 1e-4), the hierarchical RNN (``lopt.hierarchical_rnn()``) and the
+MLP optimizer (``lopt.mlp_lopt()``), both with their shipped weights (``hierarchical_rnn_bf16`` / ``mlp_lopt_bf16``:
+the same with ``state_dtype='bfloat16'``); any other built-in architecture name
+(``lopt.BUILTIN_ARCHITECTURES``) runs at its initial weights. Per model and optimizer, programs jitted with the
+optimizer state (and parameters) donated, as a training loop would:
+
+* full step, once per batch size: forward + backward + ``tx.update(grads, state, params, value=loss)`` +
+  ``optax.apply_updates``;
+* update alone: ``tx.update`` on fixed gradients, reported per parameter (ns / parameter): the number that transfers
+  across models of different sizes.
+
+State size: bytes of the optimizer state's leaves (the actual ``tx.init`` pytree, step counters included) per
+parameter (Adam in float32: 8); a last table gives it for every optimizer in ``OPTIMIZERS``, timed or not.
+
+Clock (``--clock``): every call is timed to ``block_until_ready`` in both wall time and process CPU time
+(``time.process_time``: all threads of this process, so a multi-threaded XLA:CPU op counts the CPU time of every
+thread it used, and load from other processes does not count). ``auto`` reports CPU time on the CPU backend (the
+shared CI machine's wall times are dominated by other jobs) and wall time on an accelerator (where the host mostly
+waits); the output says which. A wall-time ratio table follows the main one in either case. Each time is the median
+over ``--steps`` calls after ``--warmup`` calls; within a model, optimizers, batch sizes and programs run in
+interleaved blocks of ``--block`` calls, so load that comes and goes is spread over all of them.
 
 Usage::
 
-    python -m benchmarks.lopt_step_time     # from the repo root (or benchmarks/lopt_step_time.py once installed)
-    python -m benchmarks.lopt_step_time --steps 1000 --architectures hierarchical_rnn,learnable_adam
+    python -m benchmarks.lopt_step_time                      # all models, the published setting (~25 min on 2 cores)
+    python -m benchmarks.lopt_step_time --size quick         # same models, fewer calls: a few minutes on 2 CPU cores
+    python -m benchmarks.lopt_step_time --size tiny          # miniature models: checks that everything runs
+    python -m benchmarks.lopt_step_time --models mlp --optimizers adam,hierarchical_rnn,learnable_adam --steps 1000
 
-Prints a markdown table on stdout; progress goes to stderr.
+Prints markdown tables on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 import lopt
 
-LAYER_SIZES = (784, 64, 10)
-BATCH_SIZE = 128
+# ---- models ---------------------------------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+  """ReLU MLP on flat inputs; ``sizes`` includes the input and output widths."""
+  sizes: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, x):
+    for i, width in enumerate(self.sizes[1:]):
+      x = nn.Dense(width)(x)
+      if i < len(self.sizes) - 2:
+        x = nn.relu(x)
+    return x
+
+
+class ConvNet(nn.Module):
+  """3x3 convolutions (the first at stride 1, the others at stride 2, SAME padding), then a dense ReLU layer."""
+  channels: tuple[int, ...]
+  hidden: int
+  classes: int = 10
+
+  @nn.compact
+  def __call__(self, x):
+    for i, c in enumerate(self.channels):
+      x = nn.relu(nn.Conv(c, (3, 3), strides=(1, 1) if i == 0 else (2, 2))(x))
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(self.classes)(nn.relu(nn.Dense(self.hidden)(x)))
+
+
+class DecoderBlock(nn.Module):
+  """Pre-LayerNorm transformer block: causal multi-head self-attention, then a GELU MLP, both residual."""
+  heads: int
+  mlp_width: int
+
+  @nn.compact
+  def __call__(self, x, mask):
+    h = nn.LayerNorm()(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(h, h, mask=mask)
+    h = nn.Dense(self.mlp_width)(nn.LayerNorm()(x))
+    return x + nn.Dense(x.shape[-1])(nn.gelu(h))
+
+
+class TransformerLM(nn.Module):
+  """Decoder-only language model: token embedding + learned positions, blocks, final LayerNorm, untied output."""
+  vocab: int
+  width: int
+  heads: int
+  layers: int
+  mlp_width: int
+  context: int
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(self.vocab, self.width)(tokens)
+    x = x + self.param('positions', nn.initializers.normal(0.02), (self.context, self.width))[:tokens.shape[1]]
+    mask = nn.make_causal_mask(tokens)
+    for _ in range(self.layers):
+      x = DecoderBlock(self.heads, self.mlp_width)(x, mask)
+    return nn.Dense(self.vocab)(nn.LayerNorm()(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A flax module, how to draw a batch for it, and a description for the output."""
+  name: str
+  module: nn.Module
+  batch_sizes: tuple[int, ...]
+  description: str
+
+  def make_batch(self, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """(inputs, integer targets) of random values."""
+    m = self.module
+    kx, ky = jax.random.split(key)
+    if isinstance(m, TransformerLM):
+      tokens = jax.random.randint(kx, (batch_size, m.context + 1), 0, m.vocab)
+      return tokens[:, :-1], tokens[:, 1:]
+    if isinstance(m, ConvNet):
+      return jax.random.normal(kx, (batch_size, 32, 32, 3)), jax.random.randint(ky, (batch_size,), 0, m.classes)
+    return jax.random.normal(kx, (batch_size, m.sizes[0])), jax.random.randint(ky, (batch_size,), 0, m.sizes[-1])
+
+  def init(self, key: jax.Array) -> Any:
+    return self.module.init(key, self.make_batch(key, 1)[0])['params']
+
+  def loss(self, params: Any, inputs: jax.Array, targets: jax.Array) -> jax.Array:
+    logits = self.module.apply({'params': params}, inputs)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def _transformer(vocab, width, heads, layers, mlp_width, context, batch_sizes):
+  return Model('transformer', TransformerLM(vocab, width, heads, layers, mlp_width, context), batch_sizes,
+               f'{layers}-layer transformer LM (width {width}, {heads} heads, MLP {mlp_width}, vocabulary {vocab}, '
+               f'context {context}), batch in sequences of {context} random tokens')
+
+
+def _convnet(channels, hidden, batch_sizes):
+  return Model('convnet', ConvNet(channels, hidden), batch_sizes,
+               f'ConvNet 32x32x3, 3x3 convs {"/".join(map(str, channels))} channels, dense {hidden}-10')
+
+
+def _mlp(sizes, batch_sizes):
+  return Model('mlp', MLP(sizes), batch_sizes, f'{"-".join(map(str, sizes))} ReLU MLP')
+
+
+#: --size: the models (same architectures at every size but ``tiny``) and the default number of calls.
+SIZES = {
+    'full': dict(steps=60, warmup=5, block=10, models=[
+        _mlp((784, 64, 10), (128, 1024)),
+        _convnet((16, 32, 64), 64, (32, 128)),
+        _transformer(8192, 128, 4, 4, 512, 64, (4, 16)),
+    ]),
+    'quick': dict(steps=12, warmup=2, block=4, models=[
+        _mlp((784, 64, 10), (128, 1024)),
+        _convnet((16, 32, 64), 64, (32, 128)),
+        _transformer(8192, 128, 4, 4, 512, 64, (4, 16)),
+    ]),
+    'tiny': dict(steps=4, warmup=1, block=2, models=[
+        _mlp((784, 64, 10), (16, 64)),
+        _convnet((4, 8, 8), 16, (2, 8)),
+        _transformer(256, 32, 2, 1, 64, 16, (2, 4)),
+    ]),
+}
+
+# ---- optimizers -----------------------------------------------------------------------------------------------------
+
+#: Optimizers by name; built-in learned-optimizer architectures not listed here run at their initial weights.
+OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
+    'adam': lambda: optax.adam(1e-3),
+    'adamw': lambda: optax.adamw(1e-3, weight_decay=1e-4),
+    'hierarchical_rnn': lambda: lopt.hierarchical_rnn(),  # shipped weights (and their config)
+    'mlp_lopt': lambda: lopt.mlp_lopt(),                  # shipped weights
+    # The same shipped weights with the per-parameter state stored in bfloat16 (arithmetic stays float32).
+    'hierarchical_rnn_bf16': lambda: lopt.hierarchical_rnn(state_dtype='bfloat16'),
+    'mlp_lopt_bf16': lambda: lopt.mlp_lopt(state_dtype='bfloat16'),
+}
+DEFAULT_OPTIMIZERS = 'adam,adamw,hierarchical_rnn,mlp_lopt'
+
+
+def make_optimizer(name: str) -> optax.GradientTransformation:
+  if name in OPTIMIZERS:
+    return OPTIMIZERS[name]()
+  architecture = lopt.get_architecture(name)()  # raises, listing the valid names, for an unknown one
+  return architecture.transform(architecture.init(jax.random.key(0)))
+
+
+def tree_bytes(tree: Any) -> int:
+  """Bytes held by a pytree's array leaves (typed PRNG keys counted by their key data)."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    total += leaf.size * leaf.dtype.itemsize
+  return total
+
+
+# ---- timing ---------------------------------------------------------------------------------------------------------
 
 
 def log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def init_mlp(key: jax.Array) -> dict:
-  params = {}
-  for i, (fan_in, fan_out) in enumerate(zip(LAYER_SIZES[:-1], LAYER_SIZES[1:])):
-    key, sub = jax.random.split(key)
-    params[f'layer{i}'] = {'w': jax.random.normal(sub, (fan_in, fan_out)) / math.sqrt(fan_in),
-                           'b': jnp.zeros((fan_out,))}
-  return params
+class Clocked:
+  """Per-call wall and process-CPU times of one jitted program."""
 
+  def __init__(self):
+    self.wall: list[float] = []
+    self.cpu: list[float] = []
 
-def mlp_loss(params: dict, x: jax.Array, labels: jax.Array) -> jax.Array:
-  h = x
-  for i in range(len(LAYER_SIZES) - 1):
-    layer = params[f'layer{i}']
-    h = h @ layer['w'] + layer['b']
-    if i < len(LAYER_SIZES) - 2:
-      h = jax.nn.relu(h)
-  return optax.softmax_cross_entropy_with_integer_labels(h, labels).mean()
+  def call(self, fn: Callable[[], Any], record: bool) -> Any:
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = jax.block_until_ready(fn())
+    if record:
+      self.cpu.append(time.process_time() - cpu)
+      self.wall.append(time.perf_counter() - wall)
+    return out
+
+  def median(self, clock: str) -> float:
+    return statistics.median(self.cpu if clock == 'cpu' else self.wall)
 
 
 class Timed:
-  """One optimizer's two jitted programs, their running state, and the per-call times collected so far."""
+  """One optimizer on one model: a full-step program per batch size and the update alone, with their running state."""
 
-  def __init__(self, name: str, tx: optax.GradientTransformation, params: dict, batch: tuple[jax.Array, jax.Array]):
+  def __init__(self, name: str, model: Model, params: Any, batches: dict[int, tuple[jax.Array, jax.Array]]):
     self.name = name
-    self.batch = batch
+    tx = make_optimizer(name)
     self.num_params = sum(x.size for x in jax.tree.leaves(params))
+    self.batches = batches
 
-    def full_step(params, state, x, labels):
-      loss, grads = jax.value_and_grad(mlp_loss)(params, x, labels)
+    def full_step(params, state, inputs, targets):
+      loss, grads = jax.value_and_grad(model.loss)(params, inputs, targets)
       updates, state = tx.update(grads, state, params, value=loss)
       return optax.apply_updates(params, updates), state, loss
 
@@ -81,43 +262,35 @@ class Timed:
 
     self._full_step = jax.jit(full_step, donate_argnums=(0, 1))
     self._update_only = jax.jit(update_only, donate_argnums=(1,))
-    self.params = jax.tree.map(jnp.copy, params)
     # Copies: some architectures' init returns one array under several names, which XLA refuses to donate twice.
-    self.state = jax.tree.map(jnp.copy, tx.init(self.params))
-    self.state_floats = sum(x.size for x in jax.tree.leaves(self.state)) / self.num_params
-    self.update_state = jax.tree.map(jnp.copy, tx.init(self.params))
-    self.loss, self.grads = jax.jit(jax.value_and_grad(mlp_loss))(self.params, *batch)
-    self.full_times: list[float] = []
-    self.update_times: list[float] = []
+    fresh_state = lambda: jax.tree.map(jnp.copy, tx.init(params))
+    self.runs = {b: [jax.tree.map(jnp.copy, params), fresh_state()] for b in batches}
+    self.update_state = fresh_state()
+    self.state_bytes_per_param = tree_bytes(self.update_state) / self.num_params
+    self.params = params
+    self.loss, self.grads = jax.jit(jax.value_and_grad(model.loss))(params, *batches[min(batches)])
+    self.full = {b: Clocked() for b in batches}
+    self.update = Clocked()
 
   def run(self, num_calls: int, record: bool) -> None:
+    for b, run in self.runs.items():
+      for _ in range(num_calls):
+        run[0], run[1], _ = self.full[b].call(lambda: self._full_step(run[0], run[1], *self.batches[b]), record)
     for _ in range(num_calls):
-      start = time.perf_counter()
-      self.params, self.state, loss = self._full_step(self.params, self.state, *self.batch)
-      jax.block_until_ready((self.params, self.state, loss))
-      if record:
-        self.full_times.append(time.perf_counter() - start)
-    for _ in range(num_calls):
-      start = time.perf_counter()
-      updates, self.update_state = self._update_only(self.grads, self.update_state, self.params, self.loss)
-      jax.block_until_ready((updates, self.update_state))
-      if record:
-        self.update_times.append(time.perf_counter() - start)
+      _, self.update_state = self.update.call(
+          lambda: self._update_only(self.grads, self.update_state, self.params, self.loss), record)
 
 
-def measure(candidates: dict[str, Callable[[], optax.GradientTransformation]], steps: int, warmup: int,
-            block: int) -> list[Timed]:
-  key_params, key_x, key_y = jax.random.split(jax.random.key(0), 3)
-  params = init_mlp(key_params)
-  batch = (jax.random.normal(key_x, (BATCH_SIZE, LAYER_SIZES[0])),
-           jax.random.randint(key_y, (BATCH_SIZE,), 0, LAYER_SIZES[-1]))
+def measure_model(model: Model, optimizers: list[str], steps: int, warmup: int, block: int) -> list[Timed]:
+  key_params, key_batch = jax.random.split(jax.random.key(0))
+  params = jax.jit(model.init)(key_params)
+  batches = {b: jax.jit(model.make_batch, static_argnums=1)(key_batch, b) for b in model.batch_sizes}
   timed = []
-  for name, make_tx in candidates.items():
-    log(f'compiling {name} ...')
+  for name in optimizers:
     start = time.perf_counter()
-    t = Timed(name, make_tx(), params, batch)
-    t.run(warmup, record=False)
-    log(f'  {name}: compiled and warmed up in {time.perf_counter() - start:.1f} s')
+    t = Timed(name, model, params, batches)
+    t.run(max(warmup, 1), record=False)  # at least one call: compiles every program before timing starts
+    log(f'  {model.name} / {name}: compiled and warmed up in {time.perf_counter() - start:.1f} s')
     timed.append(t)
   done = 0
   while done < steps:
@@ -125,48 +298,124 @@ def measure(candidates: dict[str, Callable[[], optax.GradientTransformation]], s
     for t in timed:
       t.run(n, record=True)
     done += n
-    log(f'timed {done}/{steps} steps of each optimizer')
+    log(f'  {model.name}: timed {done}/{steps} calls of each program')
   return timed
 
 
-def markdown_table(timed: list[Timed]) -> str:
+# ---- output ---------------------------------------------------------------------------------------------------------
+
+
+def model_table(timed: list[Timed], batch_sizes: tuple[int, ...], clock: str) -> str:
   adam = next(t for t in timed if t.name == 'adam')
-  adam_full, adam_update = statistics.median(adam.full_times), statistics.median(adam.update_times)
-  rows = ['| optimizer | full step (ms) | full step / Adam | update alone (ms) | update / Adam | '
-          'state floats / param |',
-          '|---|---:|---:|---:|---:|---:|']
+  header = ['optimizer']
+  for b in batch_sizes:
+    header += [f'step B={b} (ms)', f'B={b} / Adam']
+  header += ['update (ms)', 'update ns / param', 'update / Adam', 'state bytes / param']
+  rows = ['| ' + ' | '.join(header) + ' |', '|---|' + '---:|' * (len(header) - 1)]
   for t in timed:
-    full, update = statistics.median(t.full_times), statistics.median(t.update_times)
-    rows.append(f'| {t.name} | {1e3 * full:.3f} | {full / adam_full:.2f}x | {1e3 * update:.3f} | '
-                f'{update / adam_update:.2f}x | {t.state_floats:.2f} |')
+    cells = [t.name]
+    for b in batch_sizes:
+      full = t.full[b].median(clock)
+      cells += [f'{1e3 * full:.3f}', f'{full / adam.full[b].median(clock):.2f}x']
+    update = t.update.median(clock)
+    cells += [f'{1e3 * update:.3f}', f'{1e9 * update / t.num_params:.2f}', f'{update / adam.update.median(clock):.2f}x',
+              f'{t.state_bytes_per_param:.2f}']
+    rows.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(rows)
+
+
+def ratio_table(results: list[tuple[Model, list[Timed]]], clock: str) -> str:
+  """Compact all-model table: full step / Adam at each batch size and update ns / parameter."""
+  names = [t.name for t in results[0][1]]
+  header = ['optimizer']
+  for model, _ in results:
+    header += [f'{model.name} B={b} / Adam' for b in model.batch_sizes] + [f'{model.name} update ns/param']
+  rows = ['| ' + ' | '.join(header) + ' |', '|---|' + '---:|' * (len(header) - 1)]
+  for i, name in enumerate(names):
+    cells = [name]
+    for model, timed in results:
+      adam, t = next(x for x in timed if x.name == 'adam'), timed[i]
+      cells += [f'{t.full[b].median(clock) / adam.full[b].median(clock):.2f}x' for b in model.batch_sizes]
+      cells.append(f'{1e9 * t.update.median(clock) / t.num_params:.2f}')
+    rows.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(rows)
+
+
+def state_table(models: list[Model]) -> str:
+  """Optimizer state bytes per parameter of every optimizer in OPTIMIZERS on every model, from the shapes and dtypes
+  of ``tx.init`` (``jax.eval_shape``: nothing is compiled or timed)."""
+  rows = ['| optimizer | ' + ' | '.join(m.name for m in models) + ' |', '|---|' + '---:|' * len(models)]
+  params = [jax.eval_shape(m.init, jax.random.key(0)) for m in models]
+  for name in OPTIMIZERS:
+    tx = make_optimizer(name)
+    cells = [f'{tree_bytes(jax.eval_shape(tx.init, p)) / sum(x.size for x in jax.tree.leaves(p)):.2f}' for p in params]
+    rows.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--steps', type=int, default=300, help='timed calls per optimizer and program (>= 300 for '
-                      'the published numbers)')
-  parser.add_argument('--warmup', type=int, default=20, help='untimed calls after compilation')
-  parser.add_argument('--block', type=int, default=50, help='calls per optimizer before moving to the next one')
-  parser.add_argument('--architectures', default=','.join(sorted(lopt.BUILTIN_ARCHITECTURES)),
-                      help='comma-separated architecture names (default: all built-in ones)')
+  parser.add_argument('--size', choices=sorted(SIZES), default='full',
+                      help='full: the published setting; quick: same models, fewer calls (a few minutes on 2 CPU '
+                           'cores); tiny: miniature models and batches, to check that everything runs')
+  parser.add_argument('--quick', action='store_const', const='quick', dest='size', help='same as --size quick')
+  parser.add_argument('--models', default=None, help='comma-separated subset of mlp,convnet,transformer')
+  parser.add_argument('--optimizers', '--architectures', default=DEFAULT_OPTIMIZERS,
+                      help='comma-separated names: adam, adamw, hierarchical_rnn and mlp_lopt (shipped weights), '
+                           'hierarchical_rnn_bf16 and mlp_lopt_bf16 (the same, bfloat16 state), or '
+                           'any other built-in architecture (initial weights); adam is always added as the baseline')
+  parser.add_argument('--steps', type=int, default=None, help='timed calls per program (default: per --size)')
+  parser.add_argument('--warmup', type=int, default=None, help='untimed calls after compilation (default: per --size)')
+  parser.add_argument('--block', type=int, default=None, help='calls per program before moving to the next one')
+  parser.add_argument('--clock', choices=('auto', 'cpu', 'wall'), default='auto',
+                      help='what the main tables report: process CPU time or wall time (auto: CPU time on the CPU '
+                           'backend, wall time on an accelerator)')
   args = parser.parse_args(argv)
 
-  names = [n for n in args.architectures.split(',') if n]
-  for name in names:
-    lopt.get_architecture(name)  # fails early, listing the valid names
-  candidates = {'adam': lambda: optax.adam(1e-3)}
-  for name in names:
-    architecture = lopt.get_architecture(name)()
-    candidates[name] = lambda a=architecture: a.transform(a.init(jax.random.key(0)))
+  size = SIZES[args.size]
+  steps, warmup, block = (size[k] if getattr(args, k) is None else getattr(args, k)
+                          for k in ('steps', 'warmup', 'block'))
+  if steps < 1 or warmup < 0 or block < 1:
+    parser.error(f'need --steps >= 1, --warmup >= 0, --block >= 1; got {steps}, {warmup}, {block}.')
+  models = {m.name: m for m in size['models']}
+  wanted = list(models) if args.models is None else [m for m in args.models.split(',') if m]
+  unknown = [m for m in wanted if m not in models]
+  if unknown or not wanted:
+    parser.error(f'--models: unknown {unknown or "(empty)"}; valid: {",".join(models)}.')
+  optimizers = [o for o in args.optimizers.split(',') if o]
+  if 'adam' not in optimizers:
+    optimizers.insert(0, 'adam')
+  unknown = [n for n in optimizers if n not in OPTIMIZERS and n not in lopt.BUILTIN_ARCHITECTURES]
+  if unknown:
+    parser.error(f'--optimizers: unknown {unknown}; valid: {",".join(OPTIMIZERS)}, or a built-in architecture '
+                 f'({",".join(sorted(lopt.BUILTIN_ARCHITECTURES))}) at its initial weights.')
+  platform = jax.devices()[0].platform
+  clock = args.clock if args.clock != 'auto' else ('cpu' if platform == 'cpu' else 'wall')
+  clock_text = ('process CPU time (time.process_time: all threads of this process; other processes\' load excluded)'
+                if clock == 'cpu' else 'wall time')
+  machine = (f'jax {jax.__version__}, backend {platform}, {jax.device_count()} device(s) '
+             f'({jax.devices()[0].device_kind}), {os.cpu_count()} CPU(s)')
+  log(f'{machine}; size {args.size}: {steps} timed calls per program, clock: {clock}')
 
-  log(f'jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); MLP '
-      f'{"-".join(map(str, LAYER_SIZES))}, batch {BATCH_SIZE}')
-  timed = measure(candidates, args.steps, args.warmup, args.block)
-  print(f'Median per-step wall time over {args.steps} steps (jax {jax.__version__}, '
-        f'{jax.devices()[0].platform}), {LAYER_SIZES[0]}-{LAYER_SIZES[1]}-{LAYER_SIZES[2]} MLP, '
-        f'{timed[0].num_params:,} parameters, batch {BATCH_SIZE}.\n')
-  print(markdown_table(timed))
+  print(f'Optimizer step time, size {args.size}: median {clock_text} per jitted call, {steps} calls per program after '
+        f'{warmup} warm-up calls, programs interleaved in blocks of {block}; {machine}.\n', flush=True)
+  results = []
+  for name in wanted:  # each model's table is printed as soon as it is measured (a run cut short keeps them)
+    model = models[name]
+    log(f'{model.name}: {model.description}; compiling ...')
+    timed = measure_model(model, optimizers, steps, warmup, block)
+    results.append((model, timed))
+    print(f'### {model.name}: {model.description}, {timed[0].num_params:,} parameters\n')
+    print(model_table(timed, model.batch_sizes, clock) + '\n', flush=True)
+  load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+  print(f'1-min load average at the end: {load:.1f}.\n')
+  print(f'### Summary ({clock_text}): full step / Adam and update ns / parameter\n')
+  print(ratio_table(results, clock) + '\n')
+  other = 'wall' if clock == 'cpu' else 'cpu'
+  print(f'### Summary in {"wall time" if other == "wall" else "process CPU time"}, same calls\n')
+  print(ratio_table(results, other) + '\n')
+  print('### Optimizer state, bytes per parameter (shapes and dtypes of tx.init, step counters included)\n')
+  print(state_table([model for model, _ in results]))
 
 
 if __name__ == '__main__':
