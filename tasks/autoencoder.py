@@ -14,25 +14,12 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from tasks import datasets as datasets_lib
 from tasks.base import Task, check_split
-from tasks.image_classification import get_activation
-
-
-class _Autoencoder(nn.Module):
-  hidden_sizes: Sequence[int]
-  outputs: int
-  activation: Callable[[jax.Array], jax.Array]
-
-  @nn.compact
-  def __call__(self, x):
-    for width in self.hidden_sizes:
-      x = self.activation(nn.Dense(width)(x))
-    return jax.nn.sigmoid(nn.Dense(self.outputs)(x))
+from tasks.image_classification import MLP, get_activation
 
 
 class AutoencoderTask(Task):
@@ -56,7 +43,7 @@ class AutoencoderTask(Task):
     self.batch_size = int(batch_size)
     height, width = self.dataset.image_shape
     self.num_pixels = height * width
-    self.model = _Autoencoder(self.hidden_sizes, self.num_pixels, get_activation(activation))
+    self.model = MLP(self.hidden_sizes, self.num_pixels, get_activation(activation))  # sigmoid applied in loss
     act = activation if isinstance(activation, str) else getattr(activation, '__name__', 'custom')
     self.name = f'{self.dataset.name}_autoencoder_{"x".join(map(str, self.hidden_sizes))}_{act}_bs{batch_size}'
 
@@ -73,4 +60,5 @@ class AutoencoderTask(Task):
 
   def loss(self, params, key: jax.Array, batch: jax.Array) -> jax.Array:
     del key  # Deterministic given the batch.
-    return jnp.mean((self.model.apply({'params': params}, batch) - batch) ** 2)
+    reconstruction = jax.nn.sigmoid(self.model.apply({'params': params}, batch))
+    return jnp.mean((reconstruction - batch) ** 2)

@@ -55,7 +55,8 @@ _TRUNCATED_NORMAL_STDDEV = .87962566103423978
 
 
 class MLP(nn.Module):
-  """Flattens ``[batch, height, width]`` images, then ``Dense -> activation`` per hidden size, then a linear head."""
+  """Flattens every axis after the batch axis (``[batch, height, width]`` images, ``[batch, features]`` tables), then
+  ``Dense -> activation`` per hidden size, then a linear head of ``num_classes`` outputs."""
   hidden_sizes: Sequence[int]
   num_classes: int
   activation: Callable[[jax.Array], jax.Array]

@@ -32,14 +32,13 @@ import functools
 import math
 from typing import Callable, NamedTuple, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from tasks.base import SPLITS, Task, check_split
-from tasks.image_classification import get_activation
+from tasks.image_classification import MLP, get_activation
 
 #: Fractions of the shuffled rows per split, in order.
 SPLIT_FRACTIONS = {'train': 0.6, 'inner_valid': 0.1, 'outer_valid': 0.1, 'test': 0.2}
@@ -91,18 +90,6 @@ def load_tabular(name: str) -> dict[str, TabularSplit]:
                                 jax.device_put(targets[r])) for split, r in rows.items()}
 
 
-class _MLP(nn.Module):
-  hidden_sizes: Sequence[int]
-  outputs: int
-  activation: Callable[[jax.Array], jax.Array]
-
-  @nn.compact
-  def __call__(self, x):
-    for width in self.hidden_sizes:
-      x = self.activation(nn.Dense(width)(x))
-    return nn.Dense(self.outputs)(x)
-
-
 class TabularMLPTask(Task):
   """An MLP classifier (softmax cross-entropy) or regressor (mean squared error) on a bundled tabular dataset.
 
@@ -123,7 +110,7 @@ class TabularMLPTask(Task):
     self.num_classes = DATASETS[dataset][1]
     self.batch_size = int(batch_size)
     self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
-    self.model = _MLP(self.hidden_sizes, max(self.num_classes, 1), get_activation(activation))
+    self.model = MLP(self.hidden_sizes, max(self.num_classes, 1), get_activation(activation))
     act = activation if isinstance(activation, str) else getattr(activation, '__name__', 'custom')
     widths = 'x'.join(map(str, self.hidden_sizes)) or 'linear'
     self.name = f'{dataset}_mlp_{widths}_{act}_bs{batch_size}'
