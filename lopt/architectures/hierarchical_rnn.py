@@ -25,7 +25,9 @@ One step, for a parameter with gradient ``g`` (per element unless "per tensor" i
    per tensor, ``delta <- delta / sqrt(mean_over_tensor(delta^2) + 1e-16)``; next decays
    ``rms_decay = sigmoid(w_s . h' + 3.2)``, ``inp_decay = sigmoid(w_d . h' + 2.2)`` (used at the next step).
 7. Learning rate: ``l_step = clip(l + w_lr . h' + b_lr, -33, 33)`` (straight-through gradient),
-   ``l <- m l + (1 - m) l_step`` with ``m = sigmoid(c)``, and the update is ``-exp(l_step + o) delta``.
+   ``l <- m l + (1 - m) l_step`` with ``m = sigmoid(c)``, and the update is ``-exp(l_step + o) delta``; with
+   ``step_scale='relative'`` it is ``-exp(l_step + o) max(rms_T(theta), floor) delta``, a relative learning rate
+   (docs/algorithms.md §2.11).
 8. Global GRU: ``global' = GRU_20(mean over tensors of tensor', global)``.
 
 **Global input: the mean over tensors (``global_input='mean'``, default).** The paper describes the global RNN as
