@@ -118,7 +118,9 @@ def test_inject_hyperparams_wraps_the_factories(factory):
 @pytest.mark.parametrize('jit', [False, True], ids=['eager', 'jit'])
 def test_inject_hyperparams_numeric_fields_are_injectable(jit):
   # MLPLOpt's update is linear in step_multiplier: changing the injected value mid-training scales the update.
-  injected = optax.inject_hyperparams(lopt.mlp_lopt)(step_multiplier=1e-3)
+  # Injecting the shipped value gives exactly the shipped optimizer.
+  shipped_multiplier = lopt.load_pretrained('mlp_lopt')[0].step_multiplier
+  injected = optax.inject_hyperparams(lopt.mlp_lopt)(step_multiplier=shipped_multiplier)
   update = jax.jit(injected.update) if jit else injected.update
   grads = jax.tree.map(lambda p: 0.1 * p + 0.01, PARAMS)
   state = injected.init(PARAMS)
