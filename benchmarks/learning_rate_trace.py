@@ -19,6 +19,7 @@ optimizer's smoothed loss still fell (a stalled optimizer is near 0.5, noise).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import jax
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                        for s in (500, 1000, 2000, args.steps) if s <= args.steps)
       print(f'{entry.name:22s} {name:10s} loss at {marks}   smoothed loss falling in {falling:.0%} of the last 20% '
             f'of steps', flush=True)
-  fig.suptitle(f'{args.optimizer or "shipped HRNN"} against per-task tuned Adam, {args.steps} steps '
+  fig.suptitle(f'{os.path.basename(args.optimizer) if args.optimizer else "shipped HRNN"} against per-task tuned Adam, {args.steps} steps '
                f'(validation tasks)')
   fig.tight_layout()
   fig.savefig(args.out, dpi=90)
