@@ -121,6 +121,20 @@ def state_dtype_name(value, owner: str) -> str:
   return name
 
 
+#: Values of the ``step_scale`` hyperparameter of the per-parameter architectures (docs/algorithms.md §2.11).
+STEP_SCALES = ('absolute', 'relative')
+
+
+def check_step_scale(step_scale, relative_step_floor, owner: str) -> None:
+  """``ValueError`` unless ``step_scale`` is in :data:`STEP_SCALES` and ``relative_step_floor`` is finite and > 0."""
+  if step_scale not in STEP_SCALES:
+    raise ValueError(f"{owner}.step_scale must be 'absolute' (paper) or 'relative' (steps scaled by each tensor's "
+                     f'parameter RMS), got {step_scale!r}.')
+  if (not isinstance(relative_step_floor, (int, float)) or isinstance(relative_step_floor, bool)
+      or not 0 < relative_step_floor < math.inf):
+    raise ValueError(f'{owner}.relative_step_floor must be a finite number > 0, got {relative_step_floor!r}.')
+
+
 def to_state(x: jax.Array, state_dtype: str) -> jax.Array:
   """Rounds a float32 per-parameter state array to ``state_dtype`` for storage (a no-op for float32)."""
   return jnp.asarray(x, state_dtype)

@@ -105,7 +105,6 @@ _MS_EPS = 1e-12  # added to a^2 in the mean square
 _RMS_EPS = 1e-16  # inside sqrt / log
 
 _GLOBAL_INPUTS = ('mean', 'last')
-_STEP_SCALES = ('absolute', 'relative')
 # The state arrays over all N parameters, stored in ``state_dtype`` (true_param excepted: see HierarchicalRNN).
 _PER_PARAMETER_FIELDS = ('param_hidden', 'input_decay', 'rms_decay', 'log_lr', 'momenta', 'mean_squares')
 
@@ -273,12 +272,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
            f'got {self.global_input!r}.')
     if not isinstance(self.lr_init_seed, int) or isinstance(self.lr_init_seed, bool):
       fail(f'lr_init_seed must be an int, got {self.lr_init_seed!r}.')
-    if self.step_scale not in _STEP_SCALES:
-      fail(f"step_scale must be 'absolute' (paper) or 'relative' (steps scaled by each tensor's parameter RMS), "
-           f'got {self.step_scale!r}.')
-    if (not isinstance(self.relative_step_floor, (int, float)) or isinstance(self.relative_step_floor, bool)
-        or not 0 < self.relative_step_floor < math.inf):
-      fail(f'relative_step_floor must be a finite number > 0, got {self.relative_step_floor!r}.')
+    base.check_step_scale(self.step_scale, self.relative_step_floor, 'HierarchicalRNN')
 
   @property
   def num_features(self) -> int:

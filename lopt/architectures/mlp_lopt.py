@@ -90,12 +90,7 @@ class MLPLOpt(base.LearnedOptimizer):
 
   def __post_init__(self):
     object.__setattr__(self, 'state_dtype', base.state_dtype_name(self.state_dtype, 'MLPLOpt'))
-    if self.step_scale not in ('absolute', 'relative'):
-      raise ValueError(f"MLPLOpt.step_scale must be 'absolute' (paper) or 'relative' (steps scaled by each tensor's "
-                       f'parameter RMS), got {self.step_scale!r}.')
-    if (not isinstance(self.relative_step_floor, (int, float)) or isinstance(self.relative_step_floor, bool)
-        or not 0 < self.relative_step_floor < math.inf):
-      raise ValueError(f'MLPLOpt.relative_step_floor must be a finite number > 0, got {self.relative_step_floor!r}.')
+    base.check_step_scale(self.step_scale, self.relative_step_floor, 'MLPLOpt')
     if not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
       raise ValueError(f'MLPLOpt.hidden_sizes must be positive ints, got {self.hidden_sizes}.')
     if not self.decays or not all(0.0 <= d < 1.0 for d in self.decays):
