@@ -235,25 +235,17 @@ def measure_step_seconds(task: Task, tx: optax.GradientTransformation, repeats: 
                          key: jax.Array | None = None) -> float:
   """Median wall-clock seconds of one jitted training step (batch, loss and gradient, update, apply) of ``tx``
   on ``task``, after compilation and a warm-up; what the time-to-loss measure multiplies steps by."""
-  tx = training.with_extra_args(tx)
   key = jax.random.PRNGKey(0) if key is None else key
-
-  @jax.jit
-  def step(params, opt_state, key):
-    batch_key, loss_key = jax.random.split(key)
-    loss, grads = jax.value_and_grad(task.loss)(params, loss_key, task.batch(batch_key, 'train'))
-    updates, opt_state = tx.update(grads, opt_state, params, value=loss)
-    return optax.apply_updates(params, updates), opt_state, loss
-
+  step = jax.jit(training.make_step(task, tx))  # the very step the learning curves were measured with
   params = task.init(key)
-  carry = (params, tx.init(params))
+  carry = (params, training.with_extra_args(tx).init(params))
   for i in range(3):  # compile and warm up
-    carry = step(*carry, jax.random.fold_in(key, i))[:2]
+    carry = step(carry, jax.random.fold_in(key, i))[0]
   jax.block_until_ready(carry)
   times = []
   for i in range(repeats):
     start = time.perf_counter()
-    carry = jax.block_until_ready(step(*carry, jax.random.fold_in(key, 100 + i))[:2])
+    carry = jax.block_until_ready(step(carry, jax.random.fold_in(key, 100 + i))[0])
     times.append(time.perf_counter() - start)
   return float(np.median(times))
 

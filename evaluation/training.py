@@ -52,6 +52,25 @@ def loss_on_fresh_batch(task: Task, params, key: jax.Array, split: str) -> jax.A
   return task.loss(params, loss_key, task.batch(batch_key, split))
 
 
+def make_step(task: Task, tx: optax.GradientTransformation, *, use_valid_loss: bool = False
+              ) -> Callable[[tuple, jax.Array], tuple[tuple, jax.Array]]:
+  """One training step (module docstring) as ``step((params, opt_state), key) -> ((params, opt_state), loss)``,
+  the body of :func:`make_run`'s scan; ``loss`` is the minibatch loss before the update."""
+  tx = with_extra_args(tx)
+
+  def one_step(carry, key):
+    params, opt_state = carry
+    batch_key, loss_key = jax.random.split(key)
+    loss, grads = jax.value_and_grad(task.loss)(params, loss_key, task.batch(batch_key, 'train'))
+    extra = {}
+    if use_valid_loss:
+      extra['valid_value'] = loss_on_fresh_batch(task, params, jax.random.fold_in(key, 1), 'inner_valid')
+    updates, opt_state = tx.update(grads, opt_state, params, value=loss, **extra)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  return one_step
+
+
 def make_run(task: Task, tx: optax.GradientTransformation, num_steps: int, eval_every: int,
              eval_splits: Sequence[str] = ('test',), *, eval_params: Callable | None = None,
              num_eval_batches: int = 1, use_valid_loss: bool = False
@@ -78,15 +97,7 @@ def make_run(task: Task, tx: optax.GradientTransformation, num_steps: int, eval_
       losses.append(jnp.mean(jax.vmap(lambda k, s=split: loss_on_fresh_batch(task, params, k, s))(keys)))
     return jnp.stack(losses)
 
-  def one_step(carry, key):
-    params, opt_state = carry
-    batch_key, loss_key = jax.random.split(key)
-    loss, grads = jax.value_and_grad(task.loss)(params, loss_key, task.batch(batch_key, 'train'))
-    extra = {}
-    if use_valid_loss:
-      extra['valid_value'] = loss_on_fresh_batch(task, params, jax.random.fold_in(key, 1), 'inner_valid')
-    updates, opt_state = tx.update(grads, opt_state, params, value=loss, **extra)
-    return (optax.apply_updates(params, updates), opt_state), loss
+  one_step = make_step(task, tx, use_valid_loss=use_valid_loss)
 
   def one_chunk(carry, key):
     step_key, eval_key = jax.random.split(key)
