@@ -225,8 +225,10 @@ def train(config: config_lib.Config, out_dir: str, components: build.Components 
   # Only the estimator state has an ensemble axis; a meta-parameter that happens to have length B stays replicated.
   state_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), state_shapes)._replace(
       estimator_state=sharding.ensemble_shardings(state_shapes.estimator_state, components.ensemble_size, mesh))
+  # The state is donated: each meta-step writes the new state into the old one's buffers (no second copy of the
+  # estimator state, which holds every inner instance, on the accelerator).
   step_fn = _BranchedStep(components, in_shardings=(state_shardings,),
-                          out_shardings=(state_shardings, sharding.replicated(mesh)))
+                          out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
   # Resume from the newest readable checkpoint, or start fresh.
   # Every process opens the checkpoints and calls save/restore; orbax coordinates the writes.
@@ -260,7 +262,9 @@ def train(config: config_lib.Config, out_dir: str, components: build.Components 
 
   logger = run_logging.RunLogger(out_dir, resume_step=start, enabled=is_main)
   bar = _progress_bar(progress and is_main, total=run.meta_steps, initial=start)
-  window: dict[str, list[float]] = {}
+  # The metrics of the meta-steps since the last log line stay on the device and are fetched once per log line:
+  # no device-to-host copy (and no wait for the device) every meta-step.
+  pending_metrics: list[dict[str, jax.Array]] = []
   step = start
   last_plot = time.monotonic()
 
@@ -277,12 +281,12 @@ def train(config: config_lib.Config, out_dir: str, components: build.Components 
     while step < run.meta_steps:
       state, metrics = step_fn(state)
       step += 1
-      for k, v in sharding.to_host(metrics).items():
-        window.setdefault(k, []).append(float(v))
+      pending_metrics.append(metrics)
       bar.update(1)
 
       if step % run.log_every == 0 or step == run.meta_steps:
-        record = {k: float(np.mean(v)) for k, v in window.items()}
+        window = sharding.to_host(pending_metrics)
+        record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
         totals = sharding.to_host((state.nonfinite_meta_grads, state.inner_nonfinite_resets))
         record['nonfinite_meta_grads_total'] = int(totals[0])
         record['inner_nonfinite_resets_total'] = float(totals[1])
@@ -291,7 +295,7 @@ def train(config: config_lib.Config, out_dir: str, components: build.Components 
         bar.set_postfix(meta_loss=f'{record.get("meta_loss", float("nan")):.4g}',
                         skipped=record['nonfinite_meta_grads_total'],
                         resets=int(record['inner_nonfinite_resets_total']))
-        window = {}
+        pending_metrics = []
 
       if _evaluation_due(config, step) and is_main and components.evaluate is not None:
         logger.log_evaluation(step, components.evaluate(sharding.to_host(state.meta_params)))
@@ -304,7 +308,9 @@ def train(config: config_lib.Config, out_dir: str, components: build.Components 
   except KeyboardInterrupt:
     # Ctrl-C: keep the work done since the last checkpoint, then stop as asked. (Not with several processes: the
     # others did not get the signal and would never join the gather.)
-    if step > start and jax.process_count() == 1:
+    # If the interrupt landed inside a meta-step call after its input was donated, the state is gone: the last
+    # checkpoint is then the newest state there is.
+    if step > start and jax.process_count() == 1 and not _is_deleted(state):
       save_checkpoint()
     raise
   finally:
@@ -341,6 +347,11 @@ class _BranchedStep:
       step = jax.jit(lambda s: meta_step(self.components, s, branch), **self.jit_kwargs)
       self.steps[branch] = step
     return step(state)
+
+
+def _is_deleted(tree: Any) -> bool:
+  """Whether any array of ``tree`` was donated to a computation (its buffer is gone)."""
+  return any(isinstance(x, jax.Array) and x.is_deleted() for x in jax.tree.leaves(tree))
 
 
 def _evaluation_due(config: config_lib.Config, step: int) -> bool:
