@@ -13,12 +13,15 @@ Custom hooks receive:
   returning a family or a sequence of families (a problem set);
 * ``estimator.name = 'mod:factory'``: ``factory(architecture, families, num_tasks, **kwargs)`` returning a
   :class:`meta_train.GradientEstimator`;
-* truncation schedules and meta-objectives: ``attr(**kwargs)``.
+* truncation schedules and meta-objectives: ``attr(**kwargs)``;
+* ``meta_optimizer.name = 'mod:Cls'`` with ``meta_optimizer.weights = 'file.npz'``: the learned optimizer
+  ``Cls`` (a :class:`lopt.LearnedOptimizer`) with the weights of that ``lopt.save`` file, frozen.
 """
 
 from __future__ import annotations
 
 import collections.abc as abc_types
+import dataclasses
 import importlib
 import inspect
 import typing
@@ -31,8 +34,9 @@ import numpy as np
 import optax
 
 from evaluation import periodic
-from lopt import serialization
+from lopt import pretrained, serialization
 from lopt.architectures import BUILTIN_ARCHITECTURES
+from lopt.base import LearnedOptimizer
 from meta_train.run import config as config_lib
 from meta_train import objectives, truncation_schedules
 from meta_train.estimators.base import GradientEstimator
@@ -308,21 +312,109 @@ def build_families(cfg: config_lib.TasksConfig, seed: int = 0) -> list:
   return families
 
 
-def build_meta_optimizer(cfg: config_lib.MetaOptimizerConfig) -> optax.GradientTransformation:
-  """Clipping (optional, by value then by global norm) followed by ``optax.<name>(learning_rate, **kwargs)``."""
-  fn = getattr(optax, cfg.name, None)
-  if fn is None or not callable(fn) or 'learning_rate' not in _parameters(fn):
-    candidates = [n for n in dir(optax) if not n.startswith('_') and callable(getattr(optax, n))
-                  and 'learning_rate' in _parameters(getattr(optax, n))]
-    raise ConfigError(f'config field meta_optimizer.name: {cfg.name!r} is not an optax optimizer taking a '
-                      f'learning_rate.{config_lib._closest(cfg.name, candidates)}')  # pylint: disable=protected-access
-  optimizer = call(fn, cfg.kwargs, 'meta_optimizer.kwargs', learning_rate=cfg.learning_rate)
+def build_meta_optimizer(cfg: config_lib.MetaOptimizerConfig) -> optax.GradientTransformationExtraArgs:
+  """Clipping (optional, by value then by global norm) followed by the meta-optimizer.
+
+  The meta-optimizer is ``optax.<name>(learning_rate, **kwargs)``, or a learned optimizer with frozen weights
+  (:func:`build_learned_meta_optimizer`) when ``name`` is an architecture or ``weights`` is set. The result is an
+  ``optax.GradientTransformationExtraArgs``: ``update(grads, state, params, value=meta_loss)`` passes ``value`` to
+  the optimizers that take it (learned ones) and not to the others (clipping, optax optimizers).
+  """
+  if _is_learned(cfg):
+    optimizer = build_learned_meta_optimizer(cfg)
+  else:
+    fn = getattr(optax, cfg.name, None)
+    if fn is None or not callable(fn) or 'learning_rate' not in _parameters(fn):
+      candidates = [n for n in dir(optax) if not n.startswith('_') and callable(getattr(optax, n))
+                    and 'learning_rate' in _parameters(getattr(optax, n))]
+      candidates += shipped_meta_optimizers()
+      raise ConfigError(f'config field meta_optimizer.name: {cfg.name!r} is neither an optax optimizer taking a '
+                        'learning_rate nor a learned optimizer with shipped weights (or set meta_optimizer.weights '
+                        'to a lopt.save file and name its architecture).'
+                        f'{config_lib._closest(cfg.name, candidates)}')  # pylint: disable=protected-access
+    optimizer = call(fn, cfg.kwargs, 'meta_optimizer.kwargs', learning_rate=cfg.learning_rate)
   parts = []
   if cfg.clip_by_value > 0:
     parts.append(optax.clip(cfg.clip_by_value))
   if cfg.clip_by_global_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.clip_by_global_norm))
   return optax.chain(*parts, optimizer)
+
+
+def shipped_meta_optimizers() -> list[str]:
+  """The architectures whose meta-trained weights ship with ``lopt``: the learned ``meta_optimizer.name`` values
+  that need no ``meta_optimizer.weights``."""
+  return [name for name in BUILTIN_ARCHITECTURES if pretrained.pretrained_path(name) is not None]
+
+
+def _is_learned(cfg: config_lib.MetaOptimizerConfig) -> bool:
+  return bool(cfg.weights) or ':' in cfg.name or cfg.name in BUILTIN_ARCHITECTURES
+
+
+_DEFAULT_META_LEARNING_RATE = config_lib.MetaOptimizerConfig().learning_rate
+
+
+def build_learned_meta_optimizer(cfg: config_lib.MetaOptimizerConfig) -> optax.GradientTransformationExtraArgs:
+  """The learned optimizer ``cfg.name`` with the shipped weights or those of ``cfg.weights``, frozen.
+
+  ``cfg.kwargs`` override the hyperparameters of the weights' architecture (as ``lopt.hierarchical_rnn(**kwargs)``
+  does) and must keep the weights' shapes. The weights are constants of the transformation (not in its state, not
+  differentiated). Everything a config can get wrong raises a ``ConfigError`` naming the field: an unknown or
+  weightless name, a missing or unreadable file, a file of another architecture, an unknown hyperparameter, an
+  override that changes the shapes, a ``learning_rate`` other than the default.
+  """
+  custom = None
+  if ':' in cfg.name:
+    custom = import_attr(cfg.name, 'meta_optimizer.name')
+    if not (inspect.isclass(custom) and issubclass(custom, LearnedOptimizer)):
+      raise ConfigError(f'config field meta_optimizer.name: {cfg.name!r} is not a lopt.LearnedOptimizer subclass; '
+                        'a "package.module:attr" meta-optimizer names a learned optimizer\'s architecture.')
+  if cfg.weights:
+    architectures = dict(BUILTIN_ARCHITECTURES)
+    if custom is not None:
+      architectures[custom.name] = custom
+    try:
+      architecture, meta_params = serialization.load(cfg.weights, architectures)
+    except (serialization.LoptFileError, OSError) as e:
+      raise ConfigError(f'config field meta_optimizer.weights: {e} Give the path of a file written by lopt.save '
+                        '(a run\'s final.npz, or python -m meta_train.run.export of a checkpoint).') from e
+    expected = custom.name if custom is not None else cfg.name
+    if architecture.name != expected:
+      raise ConfigError(f'config field meta_optimizer.name: meta_optimizer.weights = {cfg.weights!r} holds a '
+                        f'{architecture.name!r} optimizer, but meta_optimizer.name is {cfg.name!r}; set '
+                        f'meta_optimizer.name = "{architecture.name}".')
+    source = repr(cfg.weights)
+  else:
+    shipped = shipped_meta_optimizers()
+    if cfg.name not in shipped:
+      raise ConfigError(f'config field meta_optimizer.name: no meta-trained weights are shipped for {cfg.name!r} '
+                        f'(shipped: {", ".join(shipped) or "none"}); set meta_optimizer.weights to a lopt.save '
+                        'file of that architecture.')
+    try:
+      architecture, meta_params = pretrained.load_pretrained(cfg.name)
+    except (serialization.LoptFileError, OSError) as e:
+      raise ConfigError(f'config field meta_optimizer.name: the shipped weights of {cfg.name!r} cannot be read: '
+                        f'{e}') from e
+    source = f'the shipped {cfg.name!r} weights'
+
+  if cfg.learning_rate != _DEFAULT_META_LEARNING_RATE:
+    raise ConfigError(f'config field meta_optimizer.learning_rate = {cfg.learning_rate!r} does not apply to a learned '
+                      f'meta-optimizer ({cfg.name!r}), which sets its own step sizes; remove it. To change its steps, '
+                      'override its hyperparameters in meta_optimizer.kwargs (hierarchical_rnn: lr_init_range, '
+                      'max_log_lr; mlp_lopt: step_multiplier).')
+
+  kwargs = _tuples(cfg.kwargs)
+  check_kwargs(type(architecture), kwargs, 'meta_optimizer.kwargs')
+  try:
+    requested = dataclasses.replace(architecture, **kwargs)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config field meta_optimizer.kwargs: {e}') from e
+  shapes = lambda arch: jax.tree.map(lambda x: (x.shape, x.dtype), jax.eval_shape(arch.init, jax.random.key(0)))
+  if shapes(requested) != shapes(architecture):
+    raise ConfigError(f'config field meta_optimizer.kwargs: {cfg.kwargs!r} changes the shapes of the '
+                      f'meta-parameters of {type(architecture).__name__}, so {source} cannot run it; keep to '
+                      'hyperparameters that leave the weights\' shapes alone (step sizes, clips, state_dtype).')
+  return requested.transform(meta_params)
 
 
 def _parameters(fn) -> set[str]:
@@ -371,14 +463,15 @@ class Components(NamedTuple):
     architecture: the learned optimizer being meta-trained (a :class:`lopt.LearnedOptimizer`).
     init_meta_params: ``key -> meta_params`` (``architecture.init``, or a function returning loaded parameters).
     estimator: the :class:`meta_train.GradientEstimator`.
-    meta_optimizer: the optax transformation applied to meta-gradients (clipping included).
+    meta_optimizer: the optax transformation applied to meta-gradients (clipping included), an
+      ``optax.GradientTransformationExtraArgs`` called with ``value=`` the meta-loss.
     ensemble_size: the length of the ensemble axis of the estimator state (the number of task instances).
     evaluate: ``meta_params -> dict of floats`` (see :mod:`evaluation.periodic`), or ``None``.
   """
   architecture: Any
   init_meta_params: Callable[[jax.Array], Any]
   estimator: GradientEstimator
-  meta_optimizer: optax.GradientTransformation
+  meta_optimizer: optax.GradientTransformationExtraArgs
   ensemble_size: int
   evaluate: Callable[[Any], dict] | None = None
 

@@ -8,7 +8,7 @@ A run is described by one TOML file whose tables mirror :class:`Config`::
     [estimator]                # EstimatorConfig: gradient estimator, plus its
     [estimator.truncation]     #   truncation schedule and
     [estimator.objective]      #   meta-objective
-    [meta_optimizer]           # MetaOptimizerConfig: the optax optimizer of the meta-parameters
+    [meta_optimizer]           # MetaOptimizerConfig: the optimizer of the meta-parameters (optax, or learned)
     [evaluation]               # EvaluationConfig: periodic comparison against Adam on held-out tasks
 
 Every field has a default, so a file only states what it changes. Loading is strict, because a typo in a config
@@ -23,6 +23,20 @@ silently falling back to a default wastes a day of compute:
 The ``kwargs`` tables (``learned_optimizer.hparams``, ``tasks.kwargs``, ``estimator.kwargs``, ...) are passed to
 the component the ``name`` field selects; :mod:`meta_train.run.build` checks them against that component's signature
 with the same strict rules.
+
+The meta-optimizer may itself be a learned optimizer, with frozen weights (Metz et al. 2020, "Tasks, stability,
+architecture, and compute: training more effective learned optimizers, and using them to train themselves")::
+
+    [meta_optimizer]
+    name = "hierarchical_rnn"          # the shipped weights of lopt.hierarchical_rnn(); or "mlp_lopt"
+
+    [meta_optimizer]
+    name = "hierarchical_rnn"          # the architecture of the file below
+    weights = "runs/x/final.npz"       # a lopt.save file
+
+It receives the clipped meta-gradient and the meta-loss (``value=``), and ``learning_rate`` does not apply to it
+(left at its default; see :class:`MetaOptimizerConfig`). A name, file or hyperparameter that does not work is a
+:class:`ConfigError` when the run is built, before anything is compiled.
 """
 
 from __future__ import annotations
@@ -163,23 +177,46 @@ class EstimatorConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MetaOptimizerConfig:
-  """The optax optimizer that updates the meta-parameters.
+  """The optimizer that updates the meta-parameters: an optax optimizer, or a learned optimizer with frozen weights.
 
   The meta-gradient is first clipped (by value, then by global norm, each only if its threshold is > 0), then fed
-  to ``optax.<name>(learning_rate, **kwargs)``. A meta-gradient with any non-finite element skips the step
-  (meta-parameters and optimizer state unchanged) and is counted in the logs.
+  to the optimizer, with the meta-loss of the step as ``value=`` (optax's name for the loss; optax optimizers ignore
+  it, learned ones may read it). A meta-gradient with any non-finite element skips the step (meta-parameters and
+  optimizer state unchanged) and is counted in the logs.
+
+  Two kinds of optimizer, chosen by ``name``:
+
+  * an optax optimizer function: ``optax.<name>(learning_rate, **kwargs)``;
+  * a **learned optimizer** (Metz et al. 2020 train learned optimizers with learned optimizers, themselves
+    included; docs/algorithms.md §10.6): ``name`` is an architecture, ``'hierarchical_rnn'`` or ``'mlp_lopt'`` for
+    the weights shipped with ``lopt`` (what ``lopt.hierarchical_rnn()`` / ``lopt.mlp_lopt()`` run), or any
+    architecture (a built-in name or ``'package.module:Class'``) together with ``weights``, a ``lopt.save`` file
+    (a run's ``final.npz``, or ``python -m meta_train.run.export`` of a checkpoint). Its weights are frozen: they are
+    read when the run is built (again on resume: leave the file unchanged while the run lives) and are not
+    meta-trained; its state (per-parameter RNN states, learned step sizes) is the meta-optimizer state,
+    checkpointed like Adam's moments. A learned optimizer sets its own step sizes, so ``learning_rate`` must keep
+    its default (it is ignored); scale the steps with the architecture's own hyperparameters in ``kwargs``.
 
   Attributes:
     name: an optax optimizer function that takes ``learning_rate`` (``'adam'``, ``'adamw'``, ``'sgd'``,
-      ``'rmsprop'``, ``'lion'``, ...).
-    learning_rate: the meta learning rate.
-    kwargs: further keyword arguments of that optax function (for example ``b1 = 0.5``).
+      ``'rmsprop'``, ``'lion'``, ...), or a learned optimizer: ``'hierarchical_rnn'`` or ``'mlp_lopt'`` (shipped
+      weights), or with ``weights`` set the architecture of that file (a name of ``lopt.BUILTIN_ARCHITECTURES`` or
+      ``'package.module:Class'``).
+    learning_rate: the meta learning rate of an optax optimizer. A learned optimizer chooses its own step sizes:
+      any value other than the default 1e-3 is then an error, rather than silently ignored.
+    kwargs: further keyword arguments of that optax function (for example ``b1 = 0.5``); for a learned optimizer,
+      overrides of its hyperparameters that keep the weights' shapes (``max_log_lr``, ``lr_init_range`` of the
+      hierarchical RNN; ``step_multiplier`` of the MLP optimizer), as ``lopt.hierarchical_rnn(**kwargs)`` takes.
+    weights: path of a ``lopt.save`` file holding the learned meta-optimizer's weights (relative paths are relative
+      to the working directory); ``name`` must be its architecture. "" = none (an optax optimizer, or shipped
+      weights).
     clip_by_value: clip every meta-gradient element to ``[-v, v]`` (Metz 2019 uses 0.1); 0 disables.
     clip_by_global_norm: rescale the meta-gradient to at most this global norm; 0 disables.
   """
-  name: str = _field('adam', 'optax optimizer function.')
-  learning_rate: float = _field(1e-3, 'meta learning rate.', *_positive)
-  kwargs: dict = _field({}, 'further optax arguments.')
+  name: str = _field('adam', 'optax optimizer function, or a learned optimizer\'s architecture.')
+  learning_rate: float = _field(1e-3, 'meta learning rate (optax optimizers only).', *_positive)
+  kwargs: dict = _field({}, 'further optax arguments, or learned-optimizer hyperparameter overrides.')
+  weights: str = _field('', 'lopt.save file of a learned meta-optimizer ("" = none).')
   clip_by_value: float = _field(0.0, 'per-element clip (0 = off).', *_non_negative)
   clip_by_global_norm: float = _field(1.0, 'global-norm clip (0 = off).', *_non_negative)
 
@@ -220,6 +257,12 @@ class Config:
 #: the run goes on, never the values of the meta-parameters at a given step.
 RESUMABLE_FIELDS = frozenset({'run.meta_steps', 'run.log_every', 'run.checkpoint_every', 'run.keep_checkpoints',
                               'evaluation.every'})
+
+#: Fields added to the schema after runs were committed, with the default that reproduces what runs did before the
+#: field existed. :func:`fingerprint` leaves such a field out while it holds that default, so the fingerprints stored in
+#: those runs' ``resume.npz`` stay valid (they can still be resumed); set to anything else, it counts like any field.
+#: A field added later with such a default belongs here.
+FINGERPRINT_OMITS_AT_DEFAULT: dict[str, Any] = {'meta_optimizer.weights': ''}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -373,11 +416,13 @@ def _flatten(data: dict, prefix: str = '') -> dict:
 
 
 def fingerprint(config: Config) -> str:
-  """A SHA-256 (hex) of every field that determines the meta-parameters, i.e. all but :data:`RESUMABLE_FIELDS`.
+  """A SHA-256 (hex) of every field that determines the meta-parameters, i.e. all but :data:`RESUMABLE_FIELDS`
+  (and the fields of :data:`FINGERPRINT_OMITS_AT_DEFAULT` at their default).
 
   Two configs with the same fingerprint may resume each other's runs; stored in ``resume.npz``.
   """
-  fields = {k: v for k, v in _flatten(to_dict(config)).items() if k not in RESUMABLE_FIELDS}
+  fields = {k: v for k, v in _flatten(to_dict(config)).items() if k not in RESUMABLE_FIELDS
+            and not (k in FINGERPRINT_OMITS_AT_DEFAULT and v == FINGERPRINT_OMITS_AT_DEFAULT[k])}
   return hashlib.sha256(json.dumps(fields, sort_keys=True, default=repr).encode('utf-8')).hexdigest()
 
 

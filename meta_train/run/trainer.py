@@ -4,7 +4,7 @@ One meta-step is::
 
     grad, estimator_state, metrics = estimator.estimate(meta_params, estimator_state, key)  # one truncation
     if every element of grad is finite:
-      meta_params, meta_opt_state = meta_optimizer step on grad                            # optax
+      meta_params, meta_opt_state = meta_optimizer step on grad, value=metrics['meta_loss']  # optax or learned
     else:
       skip the step and count it (nonfinite_meta_grads)
 
@@ -120,7 +120,10 @@ def meta_step(components: build.Components, state: TrainState,
     grad, estimator_state, metrics = components.estimator.estimate(state.meta_params, state.estimator_state,
                                                                    estimate_key, branch=branch)
   finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grad)]))
-  updates, new_opt_state = components.meta_optimizer.update(grad, state.meta_opt_state, state.meta_params)
+  # The meta-loss goes along as optax's `value`: a learned meta-optimizer may read it, optax optimizers ignore it.
+  meta_optimizer = optax.with_extra_args_support(components.meta_optimizer)
+  extra = {'value': metrics['meta_loss']} if 'meta_loss' in metrics else {}
+  updates, new_opt_state = meta_optimizer.update(grad, state.meta_opt_state, state.meta_params, **extra)
   new_params = optax.apply_updates(state.meta_params, updates)
   # A non-finite meta-gradient would poison the meta-parameters and Adam's moments for good: keep both unchanged.
   keep_if_finite = lambda new, old: jnp.where(finite, new, old)

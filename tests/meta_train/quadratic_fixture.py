@@ -1,7 +1,8 @@
 """A tiny, self-contained meta-training setup for testing the outer-loop machinery (trainer, CLI, checkpoints, sharding).
 
 * :class:`LearnedSGD`: a learned optimizer with one meta-parameter, ``log_lr``; the update is ``-exp(log_lr) * g``.
-* :class:`DiagonalQuadraticFamily`: ``f(x) = 0.5 * sum(h * x**2)``, curvatures ``h`` log-uniform in [0.5, 2].
+* :class:`DiagonalQuadraticFamily`: ``f(x) = 0.5 * sum(h * x**2)``, curvatures ``h`` log-uniform in [0.5, 2] (by
+  default; equal bounds make it isotropic).
 * :class:`TruncatedBackpropQuadratic`: a :class:`meta_train.GradientEstimator` that unrolls every instance of the
   ensemble for ``unroll_length`` steps (staggered starts, resets at episode end and on non-finite loss, like the real
   estimators) and differentiates the mean log-loss through the unroll.
@@ -64,13 +65,20 @@ class _Quadratic(Task):
 
 
 class DiagonalQuadraticFamily(TaskFamily):
+  """Curvatures log-uniform in ``[min_curvature, max_curvature]``; equal bounds give the isotropic quadratic of that
+  curvature ``h``, on which the best learning rate of gradient descent is known: ``1 / h`` (one step to the minimum)."""
   name = 'diagonal_quadratic'
 
-  def __init__(self, dim: int = 4):
+  def __init__(self, dim: int = 4, min_curvature: float = 0.5, max_curvature: float = 2.0):
     self.dim = dim
+    self.min_curvature = min_curvature
+    self.max_curvature = max_curvature
 
   def sample(self, key):
-    return jnp.exp(jax.random.uniform(key, (self.dim,), minval=jnp.log(0.5), maxval=jnp.log(2.0)))
+    if self.min_curvature == self.max_curvature:
+      return jnp.full((self.dim,), self.min_curvature, jnp.float32)
+    return jnp.exp(jax.random.uniform(key, (self.dim,), minval=jnp.log(self.min_curvature),
+                                      maxval=jnp.log(self.max_curvature)))
 
   def task(self, cfg):
     return _Quadratic(cfg)

@@ -206,3 +206,24 @@ def test_init_from_takes_meta_params_that_fit_and_names_a_misfit(tmp_path):
   architecture = build.build_architecture(config.learned_optimizer)
   with pytest.raises(ConfigError, match='init_from.*do not fit.*shapes differ'):
     build.build_init_meta_params(architecture, config.learned_optimizer)
+
+
+COMMITTED_RUNS = sorted(glob.glob(os.path.join(REPO, 'runs', '*', 'resume.npz')))
+
+
+@pytest.mark.parametrize('path', COMMITTED_RUNS, ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_committed_runs_keep_their_config_fingerprint(path):
+  """Adding a field to the schema must not orphan the runs in runs/: their resume.npz stores the fingerprint of
+  their config.toml, which must still be what fingerprint() computes (config.FINGERPRINT_OMITS_AT_DEFAULT)."""
+  import json
+  import numpy as np
+  with np.load(path) as npz:
+    stored = json.loads(npz['__header__'].tobytes())['metadata']['config_fingerprint']
+  assert stored == config_lib.fingerprint(config_lib.load(os.path.join(os.path.dirname(path), 'config.toml')))
+
+
+def test_a_field_omitted_at_its_default_counts_once_set():
+  default = config_lib.loads('')
+  assert config_lib.fingerprint(config_lib.loads('[meta_optimizer]\nweights = ""')) == config_lib.fingerprint(default)
+  assert config_lib.fingerprint(config_lib.loads('[meta_optimizer]\nweights = "a.npz"')) != config_lib.fingerprint(
+      default)
