@@ -53,7 +53,7 @@ Implementation notes.
 * Per-parameter learning-rate initialisation (docs/algorithms.md §2.8) is random but ``optax``'s ``init(params)``
   takes no key: it is drawn from ``fold_in(PRNGKey(lr_init_seed), leaf_index)``, so it is deterministic given the
   config and the order of the (non-None) leaves. ``l = U(log(lo)/2, log(hi)/2)`` per element plus one draw from the
-  same range per tensor, then clipped to ``[-max_log_lr, max_log_lr]``: a triangular distribution on
+  same range per tensor, then clipped to ``[min_log_lr, max_log_lr]``: a triangular distribution on
   ``[log lo, log hi]``.
 * ``value`` (the loss) and any other keyword are accepted and ignored: this architecture does not read the loss.
 * Speed: most of the update's cost is the parameter GRU, which is compute-bound on CPU (its ``[40, 22] @ [22, N]``
@@ -189,9 +189,9 @@ def _asinh(x):
   return jnp.copysign(jnp.log1p(u) + jnp.where(big, math.log(2.0), 0.0), x)
 
 
-def _straight_through_clip(x, limit):
-  """``clip(x, -limit, limit)`` in the forward pass, identity gradient (as the released code)."""
-  return x + jax.lax.stop_gradient(jnp.clip(x, -limit, limit) - x)
+def _straight_through_clip(x, lower, upper):
+  """``clip(x, lower, upper)`` in the forward pass, identity gradient (as the released code)."""
+  return x + jax.lax.stop_gradient(jnp.clip(x, lower, upper) - x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,8 +208,12 @@ class HierarchicalRNN(base.LearnedOptimizer):
     use_relative_lr: add ``l - mean(l)`` with the mean over all elements of all tensors.
     lr_init_range: ``(lo, hi)``: initial log learning rates are triangular on ``[log lo, log hi]``
       (docs/algorithms.md §2.8).
-    max_log_lr: clip of the log learning rate (paper's released code: 33; docs/algorithms.md §2.5); may be a traced
-      scalar (``optax.inject_hyperparams``).
+    max_log_lr: upper clip of the log learning rate (paper's released code: 33; docs/algorithms.md §2.5); may be a
+      traced scalar (``optax.inject_hyperparams``).
+    min_log_lr: lower clip of the log learning rate; ``None`` (default) is ``-max_log_lr``, the paper's symmetric
+      clip. An asymmetric clip bounds the rate from above without raising its floor: with ``step_scale='relative'``
+      a rate ``exp(l + o)`` of 1 means steps as large as the weights, and an unbounded ``l`` can grow until the
+      loss is non-finite where the gradients vanish (docs/algorithms.md §2.11). May be traced.
     use_attention: the attention / lookahead of docs/algorithms.md §2.7 (adds 1 state float per parameter).
     global_input: ``'mean'`` (paper, default): the global GRU reads the mean over tensors of the tensor GRUs' states;
       ``'last'`` (released code): only the last tensor's.
@@ -237,6 +241,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
   use_relative_lr: bool = True
   lr_init_range: tuple[float, float] = (1e-6, 1e-2)
   max_log_lr: float = 33.0
+  min_log_lr: float | None = None
   use_attention: bool = False
   global_input: str = 'mean'
   lr_init_seed: int = 0
@@ -263,16 +268,32 @@ class HierarchicalRNN(base.LearnedOptimizer):
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lr_range)
         or not 0 < lr_range[0] <= lr_range[1] or not math.isfinite(lr_range[1])):
       fail(f'lr_init_range must be a tuple (lo, hi) of learning rates with 0 < lo <= hi, got {lr_range!r}.')
-    if not base.is_traced(self.max_log_lr) and (
-        not isinstance(self.max_log_lr, (int, float)) or isinstance(self.max_log_lr, bool)
-        or not 0 < self.max_log_lr < math.inf):
-      fail(f'max_log_lr must be a finite number > 0, got {self.max_log_lr!r}.')
+    def is_finite_number(v):
+      return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if self.min_log_lr is None:
+      if not base.is_traced(self.max_log_lr) and not (is_finite_number(self.max_log_lr) and self.max_log_lr > 0):
+        fail(f'max_log_lr must be a finite number > 0 (the log learning rate is clipped to [-max_log_lr, '
+             f'max_log_lr]), got {self.max_log_lr!r}; set min_log_lr too for an asymmetric clip.')
+    else:
+      for field in ('min_log_lr', 'max_log_lr'):
+        if not base.is_traced(getattr(self, field)) and not is_finite_number(getattr(self, field)):
+          fail(f'{field} must be a finite number, got {getattr(self, field)!r}.')
+      if (not base.is_traced(self.min_log_lr) and not base.is_traced(self.max_log_lr)
+          and not self.min_log_lr < self.max_log_lr):
+        fail(f'min_log_lr must be below max_log_lr, got min_log_lr={self.min_log_lr!r}, '
+             f'max_log_lr={self.max_log_lr!r}.')
     if self.global_input not in _GLOBAL_INPUTS:
       fail(f"global_input must be 'mean' (paper: mean over tensors) or 'last' (released code: last tensor only), "
            f'got {self.global_input!r}.')
     if not isinstance(self.lr_init_seed, int) or isinstance(self.lr_init_seed, bool):
       fail(f'lr_init_seed must be an int, got {self.lr_init_seed!r}.')
     base.check_step_scale(self.step_scale, self.relative_step_floor, 'HierarchicalRNN')
+
+  @property
+  def log_lr_bounds(self) -> tuple[float, float]:
+    """``(lower, upper)`` clip of the log learning rate."""
+    lower = -self.max_log_lr if self.min_log_lr is None else self.min_log_lr
+    return lower, self.max_log_lr
 
   @property
   def num_features(self) -> int:
@@ -343,7 +364,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
       element_key, tensor_key = jax.random.split(jax.random.fold_in(root, index))
       log_lrs.append(jax.random.uniform(element_key, (size,), jnp.float32, lo, hi)
                      + jax.random.uniform(tensor_key, (), jnp.float32, lo, hi))
-    log_lr = jnp.clip(layout.flatten(log_lrs), -self.max_log_lr, self.max_log_lr)
+    log_lr = jnp.clip(layout.flatten(log_lrs), *self.log_lr_bounds)
     meta = meta_params
     return self._store(HierarchicalRNNState(
         count=jnp.zeros((), jnp.int32),
@@ -489,7 +510,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
       directions = directions / jnp.sqrt(base.safe_mean(directions ** 2, axis=1, keepdims=True) + _RMS_EPS)
 
       log_lr_prev = state.log_lr[cols]
-      log_lr_step = _straight_through_clip(log_lr_prev + readouts[3] + meta['log_lr']['bias'], self.max_log_lr)
+      log_lr_step = _straight_through_clip(log_lr_prev + readouts[3] + meta['log_lr']['bias'], *self.log_lr_bounds)
       step_size = jnp.exp(log_lr_step)
       if self.step_scale == 'relative':
         step_size = step_size * jnp.maximum(jnp.sqrt(base.safe_mean(params_flat[cols] ** 2)),

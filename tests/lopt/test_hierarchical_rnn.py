@@ -79,6 +79,8 @@ def assert_close_per_tensor(got_flat, expected_per_tensor, rtol, atol=None):
     ('lr_init_range', (1e-2, 1e-6), 'lr_init_range'),
     ('lr_init_range', (0.0, 1e-2), 'lr_init_range'),
     ('max_log_lr', -1.0, 'max_log_lr'),
+    ('min_log_lr', float('nan'), 'min_log_lr'),
+    ('min_log_lr', 40.0, 'min_log_lr must be below max_log_lr'),
     ('global_input', 'first', 'global_input'),
     ('lr_init_seed', 1.5, 'lr_init_seed'),
 ])
@@ -87,9 +89,32 @@ def test_invalid_config_raises_naming_the_field(field, value, message):
     HierarchicalRNN(**{field: value})
 
 
+def test_asymmetric_clip_bounds_the_log_learning_rate_from_above_only():
+  # An upper clip below the initial rates: every element of the initial state and every later step sits at the upper
+  # bound, and the step equals the one the same optimizer takes with l pinned there; the lower bound is untouched.
+  params = {'w': jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), 'b': jnp.zeros((4,))}
+  grads = jax.tree.map(lambda x: 0.1 * x + 0.01, params)
+  opt = HierarchicalRNN(lr_init_range=(1e-3, 1e-2), max_log_lr=math.log(1e-4), min_log_lr=-33.0)
+  assert opt.log_lr_bounds == (-33.0, math.log(1e-4))
+  assert HierarchicalRNN(max_log_lr=5.0).log_lr_bounds == (-5.0, 5.0)
+  meta = opt.init(jax.random.PRNGKey(0))
+  tx = opt.transform(meta)
+  state = tx.init(params)
+  np.testing.assert_allclose(np.asarray(state.log_lr, np.float32), math.log(1e-4), rtol=1e-6)
+  for _ in range(3):
+    _, state = tx.update(grads, state, params)
+    assert float(jnp.max(state.log_lr)) <= math.log(1e-4) + 1e-5
+  # A lower clip above the rates pins them from below instead.
+  raised = HierarchicalRNN(lr_init_range=(1e-8, 1e-7), max_log_lr=0.0, min_log_lr=math.log(1e-4))
+  np.testing.assert_allclose(np.asarray(raised.transform(meta).init(params).log_lr, np.float32), math.log(1e-4),
+                             rtol=1e-6)
+
+
 def test_config_round_trip_and_defaults():
   opt = HierarchicalRNN()
   assert HierarchicalRNN.from_config(opt.config()) == opt
+  asymmetric = HierarchicalRNN(max_log_lr=0.0, min_log_lr=-20.0)
+  assert HierarchicalRNN.from_config(asymmetric.config()) == asymmetric
   assert (opt.cell_sizes, opt.num_scales, opt.max_log_lr, opt.global_input, opt.use_attention) == (
       (10, 20, 20), 4, 33.0, 'mean', False)
   assert opt.num_features == 12
