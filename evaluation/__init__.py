@@ -2,6 +2,7 @@
 
 * :mod:`evaluation.training`: the one inner training loop every evaluation runs (batch and loss keys split);
 * :mod:`evaluation.harness`: learning curves, tuned baselines, speedups, win rates, reports (``evaluate``);
+* :mod:`evaluation.plots`: the report's figures, learning curves per task and a summary across tasks;
 * :mod:`evaluation.heldout`: the held-out suite, tasks the shipped optimizers never saw in meta-training;
 * :mod:`evaluation.periodic`: the quick check the meta-trainer runs every ``evaluation.every`` meta-steps;
 * :mod:`evaluation.cli`: ``python -m evaluation --out DIR``.

@@ -19,7 +19,9 @@ Examples::
 
 ``--optimizer`` (repeatable) takes ``NAME=FILE.npz`` (a :func:`lopt.save` file), ``FILE.npz``, or a built-in
 architecture name (its shipped weights when the package has them, else its initial weights). DIR receives
-``report.md`` (the markdown tables), ``report.json`` (the same numbers, machine-readable) and ``curves/*.png``.
+``report.md`` (the markdown tables), ``report.json`` (the same numbers, machine-readable), ``curves/TASK.png`` (one
+learning-curve figure per task) and ``curves/summary.png`` (each optimizer's final loss relative to tuned Adam,
+one point per task); :mod:`evaluation.plots` says what the figures show.
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
   pathlib.Path(args.out, 'report.json').write_text(json.dumps(report.to_json(), indent=1) + '\n')
   report.plot(os.path.join(args.out, 'curves'))
   print(table)
-  print(f'\nwrote {args.out}/report.md, report.json and curves/', file=sys.stderr)
+  print(f'\nwrote {args.out}/report.md, report.json, curves/TASK.png (one per task) and curves/summary.png',
+        file=sys.stderr)
   return 0
 
 

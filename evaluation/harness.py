@@ -374,30 +374,10 @@ class Report:
             'speedup_horizon': self.speedup_horizon, 'tasks': tasks, 'summary': summary}
 
   def plot(self, out_dir: str) -> list[str]:
-    """Writes one learning-curve PNG per task (mean over seeds, min..max shaded, log scale); returns the paths."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    for t in self.tasks:
-      fig, ax = plt.subplots(figsize=(6, 4))
-      for name in list(self.candidates) + list(self.baselines):
-        losses = t.results[name].train_loss
-        steps = np.arange(1, losses.shape[1] + 1)
-        style = dict(lw=2.0) if name in self.candidates else dict(lw=1.0, alpha=0.8)
-        ax.plot(steps, np.nanmean(losses, axis=0), label=name, **style)
-        ax.fill_between(steps, np.nanmin(losses, axis=0), np.nanmax(losses, axis=0), alpha=0.15)
-      if all(np.nanmin(r.train_loss) > 0 for r in t.results.values()):
-        ax.set_yscale('log')
-      ax.set(title=t.entry.name, xlabel='step', ylabel='training loss')
-      ax.legend(fontsize=7)
-      fig.tight_layout()
-      path = os.path.join(out_dir, f'{t.entry.name}.png')
-      fig.savefig(path, dpi=100)
-      plt.close(fig)
-      paths.append(path)
-    return paths
+    """Writes one learning-curve PNG per task and ``summary.png`` across tasks into ``out_dir``; returns the paths
+    (the summary last). What they show: :mod:`evaluation.plots`."""
+    from evaluation import plots  # pylint: disable=import-outside-toplevel
+    return plots.write_figures(self, out_dir)
 
 
 def _task_fingerprint(task: Task) -> list:

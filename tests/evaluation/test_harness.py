@@ -97,7 +97,8 @@ def test_evaluate_reports_wins_speedup_and_writes_plots(tmp_path):
   assert report.tasks[0].results['fast_sgd'].step_seconds > 0
   assert "Wall-clock seconds to reach tuned Adam's final loss" in table and 'over 1 seeds' in table
   paths = report.plot(str(tmp_path))
-  assert len(paths) == 1 and (tmp_path / 'quad.png').stat().st_size > 1000
+  assert len(paths) == 2 and (tmp_path / 'quad.png').stat().st_size > 1000  # the task's curves, then summary.png
+  assert (tmp_path / 'summary.png').stat().st_size > 1000
 
 
 def test_censored_median_has_known_answers():

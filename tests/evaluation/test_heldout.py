@@ -87,7 +87,7 @@ def test_cli_writes_report_files(tmp_path, capsys):
     assert t['results']['learnable_adam_init']['final_loss'] == pytest.approx(
         t['results']['adam_1e-3']['final_loss'], rel=1e-5)
   assert '| ackley | 40 |' in (out / 'report.md').read_text()
-  assert sorted(p.name for p in (out / 'curves').iterdir()) == ['ackley.png', 'noisy_quadratic_5.png']
+  assert sorted(p.name for p in (out / 'curves').iterdir()) == ['ackley.png', 'noisy_quadratic_5.png', 'summary.png']
   assert '| candidate |' in capsys.readouterr().out
 
 
