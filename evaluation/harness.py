@@ -251,12 +251,34 @@ def measure_step_seconds(task: Task, tx: optax.GradientTransformation, repeats: 
 
 
 def interquartile_mean(values: Sequence[float]) -> float:
-  """Mean of the values between the 25th and 75th percentiles (Agarwal et al. 2021); NaN for no finite values."""
-  x = np.sort(np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64))
+  """Mean of the values between the 25th and 75th percentiles (Agarwal et al. 2021); NaN for no values.
+
+  NaN values (undefined) are left out; infinite values take part in the sort, so a few of them fall in the trimmed
+  quarters and the IQM is infinite only when they reach the middle half. (A diverged task is the worst ratio there
+  is: leaving it out would make an optimizer that diverges look better than one that merely does badly.)
+  """
+  x = np.sort(np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64))
   if x.size == 0:
     return float('nan')
   lo, hi = int(math.floor(0.25 * x.size)), int(math.ceil(0.75 * x.size))
-  return float(np.mean(x[lo:max(hi, lo + 1)]))
+  with np.errstate(invalid='ignore'):  # +inf and -inf both in the middle half: NaN, undefined
+    return float(np.mean(x[lo:max(hi, lo + 1)]))
+
+
+def log10_ratio(loss: float, reference: float) -> float:
+  """``log10(loss / reference)`` of two final losses, with the cases a plain division gets wrong.
+
+  ``+inf`` when ``loss`` is not finite (diverged) and the reference is; ``-inf`` when ``loss`` is exactly 0 and the
+  reference is positive; NaN (undefined, left out of summaries) when the reference is not finite, 0 or negative, or
+  ``loss`` is negative.
+  """
+  if not (math.isfinite(reference) and reference > 0):
+    return float('nan')
+  if not math.isfinite(loss):
+    return math.inf
+  if loss < 0:
+    return float('nan')
+  return -math.inf if loss == 0 else math.log10(loss / reference)
 
 
 @dataclasses.dataclass
@@ -281,10 +303,9 @@ class Report:
     return float(np.mean(wins)) if wins else float('nan')
 
   def log_ratio_iqm(self, candidate: str, reference: str = 'adam_tuned') -> float:
-    ratios = [math.log10(t.results[candidate].final_loss / t.results[reference].final_loss)
-              for t in self.tasks
-              if 0 < t.results[reference].final_loss < math.inf and 0 < t.results[candidate].final_loss]
-    return interquartile_mean(ratios)
+    """IQM over tasks of :func:`log10_ratio` (diverged tasks count as ``+inf``, undefined ratios are left out)."""
+    return interquartile_mean([log10_ratio(t.results[candidate].final_loss, t.results[reference].final_loss)
+                               for t in self.tasks])
 
   @property
   def num_seeds(self) -> int:

@@ -269,7 +269,7 @@ class RatioRow:
   diverged: list[str]        # the optimizer's final loss is not finite (tuned Adam's is): ratio +inf
   zero: list[str]            # the optimizer's final loss is exactly 0 (tuned Adam's is positive): ratio -inf
   undefined: list[str]       # no ratio: tuned Adam diverged, or a final loss is negative (or Adam's is 0)
-  iqm: float                 # Report.log_ratio_iqm: the IQM of the finite ratios, as in report.md
+  iqm: float                 # Report.log_ratio_iqm, as in report.md (diverged tasks count as +inf)
   reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # task -> why its ratio is not finite
 
   @property
@@ -325,6 +325,7 @@ def summary_figure(report: harness.Report, reference: str = REFERENCE):
   ys = np.arange(len(rows))[::-1]  # candidates on top
   all_finite = [v for row in rows for v in row.finite.values()]
   kinds = (('zero', 'loss 0\n(−∞)', 'v'), ('diverged', 'diverged\n(+∞)', 'X'), ('undefined', 'no ratio', 's'))
+  iqm_label = 'IQM (report.md; a diverged task counts as +inf)'
   for y, row in zip(ys, rows):
     colour = colours[row.name]
     values = np.array(list(row.finite.values()))
@@ -338,7 +339,12 @@ def summary_figure(report: harness.Report, reference: str = REFERENCE):
                gid=row.name)
     if math.isfinite(row.iqm):
       ax.plot([row.iqm, row.iqm], [y - 0.32, y + 0.32], color='crimson', lw=2.4, zorder=4, solid_capstyle='butt',
-              label='IQM of the finite ratios (report.md)' if y == ys[0] else None)
+              label=iqm_label)
+      iqm_label = None  # one legend entry
+    elif not math.isnan(row.iqm):  # diverged (or zero) tasks reach the middle half: say so at the edge
+      ax.annotate(f'IQM {"+" if row.iqm > 0 else "−"}∞', (1.0 if row.iqm > 0 else 0.0, y),
+                  xycoords=('axes fraction', 'data'), ha='right' if row.iqm > 0 else 'left', va='center', fontsize=8,
+                  color='crimson')
     for x, (kind, _, marker) in enumerate(kinds):
       tasks_of_kind = getattr(row, kind)
       ax_out.scatter(np.full(len(tasks_of_kind), x, float) + rng.uniform(-0.2, 0.2, size=len(tasks_of_kind)),

@@ -74,6 +74,20 @@ def test_steps_to_reach_and_interquartile_mean():
   assert harness.steps_to_reach(curve, 0.5, smoothing=1) is None
   assert harness.steps_to_reach(curve, 3.0, smoothing=2) == 4  # running mean (3+2)/2 first reaches <= 3 at step 4
   assert harness.interquartile_mean([1, 2, 3, 4, 100, -100, 2.5, 3.5]) == pytest.approx(np.mean([2, 2.5, 3, 3.5]))
+  # A diverged task (+inf) is the worst value, not a missing one: it pushes the middle half up; NaN is left out.
+  assert harness.interquartile_mean([1, 2, 3, 4, math.inf, -100, 2.5, 3.5]) == pytest.approx(np.mean([2, 2.5, 3, 3.5]))
+  assert harness.interquartile_mean([1.0, 2.0, 3.0, math.inf]) == pytest.approx(2.5)
+  assert harness.interquartile_mean([1.0, 2.0, 3.0, math.nan]) == pytest.approx(2.0)
+  assert harness.interquartile_mean([1.0, math.inf, math.inf, math.inf]) == math.inf
+
+
+def test_log10_ratio_counts_divergence_as_worst_and_leaves_undefined_ratios_out():
+  assert harness.log10_ratio(1.0, 10.0) == pytest.approx(-1.0)
+  assert harness.log10_ratio(math.nan, 1.0) == math.inf
+  assert harness.log10_ratio(math.inf, 1.0) == math.inf
+  assert harness.log10_ratio(0.0, 1.0) == -math.inf
+  for loss, reference in [(1.0, 0.0), (1.0, math.inf), (-1.0, 1.0), (1.0, -1.0)]:
+    assert math.isnan(harness.log10_ratio(loss, reference))
 
 
 def test_evaluate_reports_wins_speedup_and_writes_plots(tmp_path):
