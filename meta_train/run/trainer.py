@@ -332,24 +332,44 @@ class _BranchedStep:
   """``state -> (state, metrics)``: the jitted :func:`meta_step`, one compiled program per estimator branch.
 
   For an estimator with one branch this is a single ``jax.jit``. Otherwise each call draws the branch on the host
-  from ``state.key`` (a small device-to-host copy; the loop fetches the metrics of every step anyway) and runs the
-  step specialised to it, jitted (and compiled) the first time that branch is drawn. Every branch's step has the
-  same ``jax.jit`` arguments (shardings), so the programs differ only in the branch they trace.
+  and runs the step specialised to it, jitted (and compiled) the first time that branch is drawn. Every branch's
+  step has the same ``jax.jit`` arguments (shardings), so the programs differ only in the branch they trace.
+
+  The draw needs ``state.key``, which the meta-step advances by ``key, _ = split(key)`` whatever else happens. The
+  host follows that chain itself on the CPU backend (one copy of the key from the device at the first call, none
+  afterwards), so the host never waits for the meta-step in flight before queueing the next one. Threefry keys split
+  the same on every backend, so the draws equal those from the device's key.
   """
 
   def __init__(self, components: build.Components, **jit_kwargs):
     self.components = components
     self.jit_kwargs = jit_kwargs
     self.steps: dict[int | None, Callable] = {}
+    self.host_key: jax.Array | None = None  # state.key of the next call, on the CPU backend
 
   def __call__(self, state: TrainState):
     branched = getattr(self.components.estimator, 'num_branches', 1) > 1
-    branch = draw_branch(self.components, sharding.to_host(state.key)) if branched else None
+    branch = None
+    if branched:
+      cpu = _host_device()
+      with jax.default_device(cpu):
+        if self.host_key is None:
+          self.host_key = jax.device_put(sharding.to_host(state.key), cpu)
+        branch = draw_branch(self.components, self.host_key)
+        self.host_key, _ = jax.random.split(self.host_key)  # meta_step's own split of the key
     step = self.steps.get(branch)
     if step is None:
       step = jax.jit(lambda s: meta_step(self.components, s, branch), **self.jit_kwargs)
       self.steps[branch] = step
     return step(state)
+
+
+def _host_device() -> jax.Device:
+  """The CPU device, or (where JAX_PLATFORMS leaves the CPU backend out) this process's first device."""
+  try:
+    return jax.local_devices(backend='cpu')[0]
+  except RuntimeError:
+    return jax.local_devices()[0]
 
 
 def _is_deleted(tree: Any) -> bool:
