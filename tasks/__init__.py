@@ -7,8 +7,7 @@ from tasks.families import NoisyBowlFamily, NoisyQuadraticFamily, RescaledFamily
 from tasks.generated_classification import MLPClassifierFamily, SoftmaxRegressionFamily
 from tasks.matmul_algorithm import MatMulAlgorithm, MatMulAlgorithmFamily
 from tasks.norm import Norm, NormFamily
-from tasks.problem_sets import (PROBLEMS, ProblemSet, hrnn_training_set, hrnn_training_set_v2, hrnn_training_set_v3,
-                                 mlp_lopt_training_set, problem, problem_set, wichrowska2017)
+from tasks.problem_sets import PROBLEMS, ProblemSet, problem, problem_set, wichrowska2017
 from tasks.quadratic import Bowl, BowlFamily, Quadratic, QuadraticFamily
 from tasks.test_functions import RosenbrockND, TestFunction, TestFunctionFamily
 # Real data: IDX files, Fashion-MNIST / MNIST / digits, Flax classifiers and their families.
@@ -28,8 +27,7 @@ __all__ += ['Bowl', 'BowlFamily', 'GradientNoise', 'GradientNoiseFamily', 'LogOb
             'NoisyQuadraticFamily', 'Norm', 'NormFamily', 'ProblemSet', 'Quadratic', 'QuadraticFamily', 'Rescale',
             'RescaleFamily', 'RescaledFamily', 'RosenbrockND', 'SoftmaxRegressionFamily', 'SparseFamily',
             'SparseGradients', 'SparseGradientsFamily', 'Sum', 'SumFamily', 'TestFunction', 'TestFunctionFamily',
-            'TestFunctionsFamily', 'PROBLEMS', 'families', 'hrnn_training_set', 'hrnn_training_set_v2',
-            'hrnn_training_set_v3', 'mlp_lopt_training_set', 'problem', 'problem_set', 'problem_sets', 'sampling',
+            'TestFunctionsFamily', 'PROBLEMS', 'families', 'problem', 'problem_set', 'problem_sets', 'sampling',
             'wichrowska2017', 'wrappers']
 __all__ += ['ConvNetFamily', 'DatasetNotFoundError', 'FixedImageClassifierFamily', 'IdxFormatError',
             'ImageClassificationTask', 'ImageTaskConfig', 'MLPFamily', 'conv_task', 'datasets', 'idx',

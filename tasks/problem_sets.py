@@ -59,8 +59,7 @@ from tasks import quadratic
 from tasks import test_functions
 from tasks import wrappers
 
-__all__ = ['EXTRA_PROBLEMS', 'PROBLEMS', 'ProblemRegistry', 'ProblemSet', 'problem', 'problem_set', 'wichrowska2017',
-           'hrnn_training_set', 'hrnn_training_set_v2', 'hrnn_training_set_v3', 'mlp_lopt_training_set']
+__all__ = ['EXTRA_PROBLEMS', 'PROBLEMS', 'ProblemRegistry', 'ProblemSet', 'problem', 'problem_set', 'wichrowska2017']
 
 
 class ProblemSet(Mapping[str, base.TaskFamily]):
@@ -342,96 +341,3 @@ def problem_set(names, name: str = 'problems') -> ProblemSet:
   if isinstance(names, str):
     raise TypeError(f'problem_set takes a sequence of names, not the string {names!r}.')
   return ProblemSet(name, [(n, PROBLEMS[n]) for n in names])
-
-
-#: The problems of :func:`wichrowska2017` that :func:`hrnn_training_set` trains on. What it leaves out (Rosenbrock,
-#: MatMulAlgorithm, Norm, LogSumExp, Ackley, the sums, every quadratic above 100 dimensions, and all real-data
-#: image tasks) is what the held-out suite of :mod:`evaluation.heldout` evaluates on.
-HRNN_TRAINING_PROBLEMS = (
-    'quadratic_20_noise0.5', 'quadratic_25', 'quadratic_50_noise1', 'quadratic_100_noise2',
-    'bowl_1', 'bowl_5_noise0.1',
-    'softmax_10_bs100_sep2', 'softmax_100_bs50_sep1_noise0.1',
-    'mlp_sigmoid_32_nf9_bs128', 'mlp_sigmoid_8x5_nf8_bs10', 'mlp_sigmoid_32x64_nf7_bs16',
-    'beale', 'booth_noise1', 'sparse_quadratic_50', 'rescale132_quadratic_100',
-)
-
-
-def hrnn_training_set() -> ProblemSet:
-  """The meta-training set of the shipped hierarchical RNN (``configs/hrnn_shipped.toml``): 15 problems of
-  :func:`wichrowska2017` (:data:`HRNN_TRAINING_PROBLEMS`).
-
-  A smaller set than the paper's 101 so that every structure group compiles in a minute or two on CPU, chosen to
-  keep its variety (clean and noisy quadratics of 20 to 100 dimensions, rescaled and sparse gradients, 2-D bowls
-  and test functions, softmax regression, sigmoid MLPs of one and two hidden layers) while leaving whole problem
-  types out for the held-out evaluation.
-  """
-  everything = wichrowska2017()
-  return ProblemSet('hrnn_training_set', [(name, everything[name]) for name in HRNN_TRAINING_PROBLEMS])
-
-
-#: ReLU networks that :func:`hrnn_training_set_v2` adds to :data:`HRNN_TRAINING_PROBLEMS`: minibatched
-#: cross-entropy on the generated 16x16 images of :mod:`tasks.synthetic_images` (no Fashion-MNIST or digits data)
-#: and on ReLU-teacher labels, with 6k to 10k parameters. (No ConvNet: a convolution vmapped over task instances
-#: becomes a grouped convolution, which is slow on CPU next to an MLP of the same size and made the meta-step much
-#: slower; docs/benchmarks.md, ``tasks/problem_sets.py``.)
-HRNN_V2_EXTRA_PROBLEMS = (
-    'synthetic_images_mlp_32_relu_bs64', 'synthetic_images_mlp_32x32_relu_bs32', 'mlp_relu_64x64_nf32_bs64',
-)
-
-
-def hrnn_training_set_v2() -> ProblemSet:
-  """:func:`hrnn_training_set` plus three ReLU networks (:data:`HRNN_V2_EXTRA_PROBLEMS`), the training set of
-  ``configs/hrnn_shipped_v2.toml``.
-
-  The first shipped HRNN, trained on small smooth problems only, took early steps that kill ReLU units and let its
-  learning rate collapse on minibatch noise (docs/model_card_hrnn.md); these problems put both in front of it. Every
-  held-out task of :mod:`evaluation.heldout` stays out: the image problems use generated data, not Fashion-MNIST or
-  digits.
-  """
-  from tasks import image_classification as ic  # pylint: disable=import-outside-toplevel  (pulls in flax)
-  from tasks import datasets  # pylint: disable=import-outside-toplevel  (pulls in jax device arrays)
-  images = datasets.load_synthetic_images()
-  extra = {
-      'synthetic_images_mlp_32_relu_bs64': ic.mlp_task(images, (32,), 'relu', batch_size=64),
-      'synthetic_images_mlp_32x32_relu_bs32': ic.mlp_task(images, (32, 32), 'relu', batch_size=32),
-  }
-  families = list(hrnn_training_set().items())
-  families += [(name, base.SingleTaskFamily(task)) for name, task in extra.items()]
-  families.append(('mlp_relu_64x64_nf32_bs64', gc.MLPClassifierFamily(32, (64, 64), 64, activation='relu')))
-  return ProblemSet('hrnn_training_set_v2', families)
-
-
-#: The ReLU problems of :func:`hrnn_training_set_v3`: those of v2 and a 784-32-10 MLP on 28x28 generated images,
-#: which has Fashion-MNIST's input size (the first layer's fan-in sets how far a coordinate-wise step moves each
-#: pre-activation).
-HRNN_V3_RELU_PROBLEMS = HRNN_V2_EXTRA_PROBLEMS + ('synthetic_images_28px_mlp_32_relu_bs64',)
-
-
-def hrnn_training_set_v3() -> ProblemSet:
-  """:func:`hrnn_training_set_v2` plus a 784-input ReLU MLP on 28x28 generated images
-  (:data:`HRNN_V3_RELU_PROBLEMS`); the training set of ``configs/hrnn_shipped_v3.toml``, which also weights the
-  four ReLU problems up. No held-out data: the images come from :mod:`tasks.synthetic_images`.
-  """
-  from tasks import image_classification as ic  # pylint: disable=import-outside-toplevel  (pulls in flax)
-  from tasks import datasets  # pylint: disable=import-outside-toplevel  (pulls in jax device arrays)
-  images = datasets.load_synthetic_images(size=28)
-  families = list(hrnn_training_set_v2().items())
-  families.append(('synthetic_images_28px_mlp_32_relu_bs64',
-                   base.SingleTaskFamily(ic.mlp_task(images, (32,), 'relu', batch_size=64))))
-  return ProblemSet('hrnn_training_set_v3', families)
-
-
-#: The problems :func:`mlp_lopt_training_set` trains on: classifiers on generated data with 1000 training points,
-#: which overfit, so that a validation meta-objective has something to correct.
-MLP_LOPT_TRAINING_PROBLEMS = (
-    'softmax_10_bs100_sep2', 'softmax_100_bs50_sep1', 'softmax_200_bs20_sep1.5',
-    'mlp_sigmoid_32_nf9_bs128', 'mlp_sigmoid_32x64_nf7_bs16', 'mlp_sigmoid_8x5x3_nf12_bs200',
-)
-
-
-def mlp_lopt_training_set() -> ProblemSet:
-  """The meta-training set of the shipped MLP optimizer (``configs/mlp_lopt_shipped.toml``): 6 generated-data
-  classification problems of :func:`wichrowska2017` (:data:`MLP_LOPT_TRAINING_PROBLEMS`), none in the held-out suite.
-  """
-  everything = wichrowska2017()
-  return ProblemSet('mlp_lopt_training_set', [(name, everything[name]) for name in MLP_LOPT_TRAINING_PROBLEMS])

@@ -147,6 +147,12 @@ def test_problem_set_keeps_the_given_order_and_refuses_duplicates_and_strings():
     tasks.problem_set(['boot'])
 
 
+def test_the_library_exports_building_blocks_not_the_sets_of_past_runs():
+  import tasks
+  assert {'PROBLEMS', 'problem', 'problem_set', 'wichrowska2017', 'ProblemSet'} <= set(tasks.__all__)
+  assert not [n for n in dir(tasks) + dir(problem_sets) if 'training_set' in n or 'TRAINING_PROBLEMS' in n]
+
+
 @pytest.mark.parametrize('name', list(problem_sets.EXTRA_PROBLEMS))
 def test_every_extra_problem_traces_to_a_scalar_loss_on_generated_data(name):
   family = problem_sets.PROBLEMS[name]
