@@ -3,11 +3,13 @@
 Decisions are made on the validation suite (:mod:`evaluation.validation`); ``docs/evaluation_protocol.md`` lists
 the meta-training, validation and test sets side by side, and a test checks that they share no task or dataset.
 
-The shipped hierarchical RNN is meta-trained on :func:`tasks.hrnn_training_set` (15 problems of the Wichrowska et
-al. 2017 set: quadratics of 20 to 100 dimensions, 2-D bowls, Beale and Booth, softmax regression and small sigmoid
-MLPs on generated data), then fine-tuned on :func:`tasks.hrnn_training_set_v2`, which adds three ReLU MLPs on
-generated data (:mod:`tasks.synthetic_images` and ReLU-teacher labels; no Fashion-MNIST or digits).
-:func:`heldout_suite` evaluates on problem *types* and datasets those sets leave out:
+Each meta-training round names its problems in its config (``[tasks] problems`` in ``configs/*.toml``). The shipped
+hierarchical RNN is meta-trained on 15 problems of the Wichrowska et al. 2017 set (``configs/hrnn_shipped.toml``:
+quadratics of 20 to 100 dimensions, 2-D bowls, Beale and Booth, softmax regression and small sigmoid MLPs on
+generated data), then fine-tuned with three ReLU MLPs on generated data added (``configs/hrnn_shipped_v2.toml``:
+:mod:`tasks.synthetic_images` and ReLU-teacher labels; no Fashion-MNIST or digits); later rounds add networks on
+generated data only. :func:`heldout_suite` evaluates on problem *types* and datasets those sets leave out; the tests
+read every committed config's problems and check it (``tests/evaluation/meta_training_sets.py``):
 
 =================================  ========================================================================
 ``fashion_mnist_mlp``              784-128-10 ReLU MLP on Fashion-MNIST, batch 128 (101,770 parameters)
@@ -54,7 +56,8 @@ DEFAULT_NUM_STEPS = 500
 #: Key of the fixed instance drawn from each synthetic family (any fixed value: the point is that it never changes).
 INSTANCE_SEED = 2017
 
-#: Wichrowska problems that :func:`tasks.hrnn_training_set` leaves out and the suite evaluates on.
+#: Wichrowska problems that no committed meta-training config trains on (configs/*.toml but the paper reproduction
+#: wichrowska2017.toml; a test checks) and the suite evaluates on.
 WICHROWSKA_HELDOUT = ('quadratic_2048', 'matmul_3_k21', 'norm_25_p2', 'logsumexp_noise1', 'ackley',
                       'sum_norm18p3_quadratic25_rosenbrock')
 

@@ -2,8 +2,8 @@
 
 The project keeps three disjoint sets of problems (``docs/evaluation_protocol.md`` lists them side by side):
 
-1. the **meta-training** problems of a run's config (generated data: :mod:`tasks.synthetic_images`, the Wichrowska
-   2017 problems, ReLU-teacher labels);
+1. the **meta-training** problems of a run's config, named in its ``[tasks] problems`` (generated data:
+   :mod:`tasks.synthetic_images`, the Wichrowska 2017 problems, ReLU-teacher labels);
 2. this **validation** suite, on data neither of the others uses: grey patches of scikit-learn's two sample
    photographs (:mod:`tasks.image_patches`), the ``wine`` and ``diabetes`` tables (:mod:`tasks.tabular`), and
    Wichrowska problems that no shipped optimizer trains on and the test suite leaves out;
@@ -47,7 +47,8 @@ HORIZONS = (500, 2000)
 #: Key of the fixed instance drawn from each synthetic family.
 INSTANCE_SEED = 2017
 
-#: Wichrowska problems of the validation suite: in neither a shipped optimizer's training set nor the test suite.
+#: Wichrowska problems of the validation suite: in neither the test suite nor any committed meta-training config's
+#: problems (configs/*.toml but the paper reproduction wichrowska2017.toml; a test checks).
 WICHROWSKA_VALIDATION = ('quadratic_1024', 'rescale350_quadratic_50', 'styblinski_tang', 'sum_7quadratics_noise0.1',
                          'norm_22_p3')
 

@@ -37,19 +37,26 @@ from meta_train.unroll import VectorizedUnroll
 from tasks.base import TaskFamily
 
 
-def group_by_structure(families: TaskFamily | Sequence[TaskFamily]) -> list[list[TaskFamily]]:
-  """Groups ``families`` by ``structure_key`` (first-appearance order); members of a group vmap together."""
+def group_indices(families: TaskFamily | Sequence[TaskFamily]) -> list[list[int]]:
+  """The structure groups of ``families`` as lists of indices into it: families with equal ``structure_key``, groups
+  in order of first appearance, members in their order."""
   if isinstance(families, TaskFamily):
     families = [families]
   families = list(families)
   if not families:
     raise ValueError('families is empty: give at least one tasks.TaskFamily.')
-  groups: dict[Any, list[TaskFamily]] = {}
-  for family in families:
+  groups: dict[Any, list[int]] = {}
+  for i, family in enumerate(families):
     if not isinstance(family, TaskFamily):
       raise TypeError(f'families must hold tasks.TaskFamily objects, got {type(family).__name__}: {family!r}.')
-    groups.setdefault(family.structure_key, []).append(family)
+    groups.setdefault(family.structure_key, []).append(i)
   return list(groups.values())
+
+
+def group_by_structure(families: TaskFamily | Sequence[TaskFamily]) -> list[list[TaskFamily]]:
+  """Groups ``families`` by ``structure_key`` (first-appearance order); members of a group vmap together."""
+  families = [families] if isinstance(families, TaskFamily) else list(families)
+  return [[families[i] for i in group] for group in group_indices(families)]
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -174,6 +181,11 @@ class StructureGroups:
       reparameterization half of the hybrid).
     group_weights: weight of each structure group's gradient, in group order (default: proportional to the number
       of families in the group, so the mixture matches drawing a family uniformly, as Wichrowska et al. did).
+    family_weights: instead of ``group_weights``, one weight (> 0) per family, in the order of ``families``; each
+      family's share of the meta-gradient is then ``w_f / sum(w)``. A group's weight is the sum of its members', and
+      each instance of a group draws its family with probability proportional to the members' weights
+      (``VectorizedUnroll``'s ``family_weights``), so a family that shares a group still gets its own share. A run
+      config's ``tasks.weights`` (weights by problem name) arrives here. All weights equal is the default.
     group_mode: ``'all'`` (every group every call, gradients combined with the weights) or ``'sample'`` (one group
       per call, drawn by weight). In ``'sample'`` mode the groups are host-sampled branches (see
       :mod:`meta_train.estimators.base`): ``estimate(..., branch=sample_branch(key))`` traces only the drawn group,
@@ -185,17 +197,31 @@ class StructureGroups:
                truncation_schedule: TruncationSchedule | None = None, objective: MetaObjective | None = None, *,
                unroll_length: int = 20, use_valid_loss: bool = False, stagger: bool = True,
                second_derivatives: bool = True, group_weights: Sequence[float] | None = None,
-               group_mode: str = 'all'):
-    groups = group_by_structure(families)
+               group_mode: str = 'all', family_weights: Sequence[float] | None = None):
+    families = [families] if isinstance(families, TaskFamily) else list(families)
+    indices = group_indices(families)
+    groups = [[families[i] for i in g] for g in indices]
     if group_mode not in ('all', 'sample'):
       raise ValueError(f"group_mode must be 'all' or 'sample', got {group_mode!r}.")
+    members: list[list[float] | None] = [None] * len(groups)  # per group: its families' draw weights (None: uniform)
+    if family_weights is not None:
+      if group_weights is not None:
+        raise ValueError('give group_weights or family_weights, not both.')
+      per_family = np.asarray(family_weights, np.float64)
+      if per_family.shape != (len(families),) or not np.all(np.isfinite(per_family)) or np.any(per_family <= 0):
+        raise ValueError(f'family_weights: need {len(families)} positive weights, one per family, got '
+                         f'{np.asarray(family_weights).tolist()}.')
+      group_weights = [float(per_family[g].sum()) for g in indices]
+      # Equal weights within a group are the uniform draw; leaving them out keeps that draw's numbers bitwise.
+      members = [None if len(set(per_family[g].tolist())) == 1 else per_family[g].tolist() for g in indices]
     if group_weights is None:
       group_weights = [len(g) for g in groups]
     weights = check_weights(group_weights, len(groups), f'group_weights ({len(groups)} structure groups)')
     unrolls = [
         VectorizedUnroll(architecture, g, num_tasks, unroll_length, truncation_schedule, objective,
-                         use_valid_loss=use_valid_loss, second_derivatives=second_derivatives, stagger=stagger)
-        for g in groups]
+                         use_valid_loss=use_valid_loss, second_derivatives=second_derivatives, stagger=stagger,
+                         family_weights=m)
+        for g, m in zip(groups, members)]
     self._set(unrolls, weights, group_mode)
 
   @classmethod

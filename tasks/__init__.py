@@ -1,14 +1,13 @@
 """Loss landscapes: synthetic problems, task families, and real-data tasks. See :mod:`tasks.base`."""
 
 from tasks.base import SPLITS, SingleTaskFamily, Task, TaskFamily
-# Synthetic problems, wrappers, TaskSet-style families and the Wichrowska 2017 problem set.
+# Synthetic problems, wrappers, TaskSet-style families, the Wichrowska 2017 problem set and every named problem.
 from tasks import families, problem_sets, sampling, wrappers
 from tasks.families import NoisyBowlFamily, NoisyQuadraticFamily, RescaledFamily, SparseFamily, TestFunctionsFamily
 from tasks.generated_classification import MLPClassifierFamily, SoftmaxRegressionFamily
 from tasks.matmul_algorithm import MatMulAlgorithm, MatMulAlgorithmFamily
 from tasks.norm import Norm, NormFamily
-from tasks.problem_sets import (ProblemSet, hrnn_training_set, hrnn_training_set_v2, hrnn_training_set_v3,
-                                 mlp_lopt_training_set, wichrowska2017)
+from tasks.problem_sets import PROBLEMS, ProblemSet, problem, problem_set, wichrowska2017
 from tasks.quadratic import Bowl, BowlFamily, Quadratic, QuadraticFamily
 from tasks.test_functions import RosenbrockND, TestFunction, TestFunctionFamily
 # Real data: IDX files, Fashion-MNIST / MNIST / digits, Flax classifiers and their families.
@@ -28,8 +27,8 @@ __all__ += ['Bowl', 'BowlFamily', 'GradientNoise', 'GradientNoiseFamily', 'LogOb
             'NoisyQuadraticFamily', 'Norm', 'NormFamily', 'ProblemSet', 'Quadratic', 'QuadraticFamily', 'Rescale',
             'RescaleFamily', 'RescaledFamily', 'RosenbrockND', 'SoftmaxRegressionFamily', 'SparseFamily',
             'SparseGradients', 'SparseGradientsFamily', 'Sum', 'SumFamily', 'TestFunction', 'TestFunctionFamily',
-            'TestFunctionsFamily', 'families', 'hrnn_training_set', 'hrnn_training_set_v2', 'hrnn_training_set_v3',
-            'mlp_lopt_training_set', 'problem_sets', 'sampling', 'wichrowska2017', 'wrappers']
+            'TestFunctionsFamily', 'PROBLEMS', 'families', 'problem', 'problem_set', 'problem_sets', 'sampling',
+            'wichrowska2017', 'wrappers']
 __all__ += ['ConvNetFamily', 'DatasetNotFoundError', 'FixedImageClassifierFamily', 'IdxFormatError',
             'ImageClassificationTask', 'ImageTaskConfig', 'MLPFamily', 'conv_task', 'datasets', 'idx',
             'image_classification', 'image_families', 'load_dataset', 'load_digits', 'load_fashion_mnist',

@@ -1,4 +1,13 @@
-"""Named collections of task families; :func:`wichrowska2017` is the meta-training set of Wichrowska et al. 2017.
+"""Named problems and collections of them: :data:`PROBLEMS`, every named problem; :func:`wichrowska2017`, the
+meta-training set of Wichrowska et al. 2017.
+
+:data:`PROBLEMS` holds the 101 problems of the Wichrowska set and the ones of :data:`EXTRA_PROBLEMS` (ReLU, tanh
+and autoencoder networks on generated data). A meta-training config names the problems it trains on, and their
+weights, as data (``[tasks] problems = ["quadratic_25", ...]``, see :class:`meta_train.run.config.TasksConfig`);
+from Python, :func:`problem` gives one family and :func:`problem_set` a set of them, in the given order::
+
+    tasks.problem('booth')                                        # a TaskFamily
+    tasks.problem_set(['quadratic_25', 'mlp_relu_64x64_nf32_bs64'])  # a ProblemSet of two
 
 A :class:`ProblemSet` is an immutable ``Mapping[str, TaskFamily]``::
 
@@ -50,6 +59,8 @@ from tasks import quadratic
 from tasks import test_functions
 from tasks import wrappers
 
+__all__ = ['EXTRA_PROBLEMS', 'PROBLEMS', 'ProblemRegistry', 'ProblemSet', 'problem', 'problem_set', 'wichrowska2017']
+
 
 class ProblemSet(Mapping[str, base.TaskFamily]):
   """An immutable, ordered mapping from problem names to task families."""
@@ -82,7 +93,7 @@ class ProblemSet(Mapping[str, base.TaskFamily]):
     return len(self._families)
 
   def __repr__(self) -> str:
-    return f'ProblemSet({self.name!r}, {len(self)} problems)'
+    return f'{type(self).__name__}({self.name!r}, {len(self)} problems)'
 
   def names(self) -> list[str]:
     """All names, sorted."""
@@ -94,8 +105,12 @@ class ProblemSet(Mapping[str, base.TaskFamily]):
 
     Raises ``ValueError`` if nothing matches (an empty set cannot be sampled from).
     """
-    kept = [(n, f) for n, f in self._families.items()
-            if (prefix is None or n.startswith(prefix)) and (predicate is None or predicate(n, f))]
+    kept = []
+    for n in self._families:
+      if prefix is None or n.startswith(prefix):
+        f = self._families[n]  # looked up only once the name matches (a registry builds families on lookup)
+        if predicate is None or predicate(n, f):
+          kept.append((n, f))
     if not kept:
       raise ValueError(f'filter(prefix={prefix!r}, predicate={predicate!r}) matches no problem of {self.name!r}.')
     return ProblemSet(f'{self.name}[filtered]', kept)
@@ -219,94 +234,110 @@ def wichrowska2017() -> ProblemSet:
   return ProblemSet('wichrowska2017', problems)
 
 
-#: The problems of :func:`wichrowska2017` that :func:`hrnn_training_set` trains on. What it leaves out (Rosenbrock,
-#: MatMulAlgorithm, Norm, LogSumExp, Ackley, the sums, every quadratic above 100 dimensions, and all real-data
-#: image tasks) is what the held-out suite of :mod:`evaluation.heldout` evaluates on.
-HRNN_TRAINING_PROBLEMS = (
-    'quadratic_20_noise0.5', 'quadratic_25', 'quadratic_50_noise1', 'quadratic_100_noise2',
-    'bowl_1', 'bowl_5_noise0.1',
-    'softmax_10_bs100_sep2', 'softmax_100_bs50_sep1_noise0.1',
-    'mlp_sigmoid_32_nf9_bs128', 'mlp_sigmoid_8x5_nf8_bs10', 'mlp_sigmoid_32x64_nf7_bs16',
-    'beale', 'booth_noise1', 'sparse_quadratic_50', 'rescale132_quadratic_100',
-)
-
-
-def hrnn_training_set() -> ProblemSet:
-  """The meta-training set of the shipped hierarchical RNN (``configs/hrnn_shipped.toml``): 15 problems of
-  :func:`wichrowska2017` (:data:`HRNN_TRAINING_PROBLEMS`).
-
-  A smaller set than the paper's 101 so that every structure group compiles in a minute or two on CPU, chosen to
-  keep its variety (clean and noisy quadratics of 20 to 100 dimensions, rescaled and sparse gradients, 2-D bowls
-  and test functions, softmax regression, sigmoid MLPs of one and two hidden layers) while leaving whole problem
-  types out for the held-out evaluation.
-  """
-  everything = wichrowska2017()
-  return ProblemSet('hrnn_training_set', [(name, everything[name]) for name in HRNN_TRAINING_PROBLEMS])
-
-
-#: ReLU networks that :func:`hrnn_training_set_v2` adds to :data:`HRNN_TRAINING_PROBLEMS`: minibatched
-#: cross-entropy on the generated 16x16 images of :mod:`tasks.synthetic_images` (no Fashion-MNIST or digits data)
-#: and on ReLU-teacher labels, with 6k to 10k parameters. (No ConvNet: a convolution vmapped over task instances
-#: becomes a grouped convolution, which is slow on CPU next to an MLP of the same size and made the meta-step much
-#: slower; docs/benchmarks.md, ``tasks/problem_sets.py``.)
-HRNN_V2_EXTRA_PROBLEMS = (
-    'synthetic_images_mlp_32_relu_bs64', 'synthetic_images_mlp_32x32_relu_bs32', 'mlp_relu_64x64_nf32_bs64',
-)
-
-
-def hrnn_training_set_v2() -> ProblemSet:
-  """:func:`hrnn_training_set` plus three ReLU networks (:data:`HRNN_V2_EXTRA_PROBLEMS`), the training set of
-  ``configs/hrnn_shipped_v2.toml``.
-
-  The first shipped HRNN, trained on small smooth problems only, took early steps that kill ReLU units and let its
-  learning rate collapse on minibatch noise (docs/model_card_hrnn.md); these problems put both in front of it. Every
-  held-out task of :mod:`evaluation.heldout` stays out: the image problems use generated data, not Fashion-MNIST or
-  digits.
-  """
+def _synthetic_images_mlp(size: int, hidden: tuple[int, ...], activation: str, batch_size: int) -> base.TaskFamily:
+  """An MLP classifier on the generated ``size`` x ``size`` images of :mod:`tasks.synthetic_images` (one fixed task)."""
   from tasks import image_classification as ic  # pylint: disable=import-outside-toplevel  (pulls in flax)
   from tasks import datasets  # pylint: disable=import-outside-toplevel  (pulls in jax device arrays)
-  images = datasets.load_synthetic_images()
-  extra = {
-      'synthetic_images_mlp_32_relu_bs64': ic.mlp_task(images, (32,), 'relu', batch_size=64),
-      'synthetic_images_mlp_32x32_relu_bs32': ic.mlp_task(images, (32, 32), 'relu', batch_size=32),
-  }
-  families = list(hrnn_training_set().items())
-  families += [(name, base.SingleTaskFamily(task)) for name, task in extra.items()]
-  families.append(('mlp_relu_64x64_nf32_bs64', gc.MLPClassifierFamily(32, (64, 64), 64, activation='relu')))
-  return ProblemSet('hrnn_training_set_v2', families)
+  return base.SingleTaskFamily(ic.mlp_task(datasets.load_synthetic_images(size=size), hidden, activation,
+                                           batch_size=batch_size))
 
 
-#: The ReLU problems of :func:`hrnn_training_set_v3`: those of v2 and a 784-32-10 MLP on 28x28 generated images,
-#: which has Fashion-MNIST's input size (the first layer's fan-in sets how far a coordinate-wise step moves each
-#: pre-activation).
-HRNN_V3_RELU_PROBLEMS = HRNN_V2_EXTRA_PROBLEMS + ('synthetic_images_28px_mlp_32_relu_bs64',)
+def _synthetic_images_autoencoder(hidden: tuple[int, ...], activation: str, batch_size: int) -> base.TaskFamily:
+  """An MLP autoencoder of the generated 16x16 images of :mod:`tasks.synthetic_images` (one fixed task)."""
+  from tasks import autoencoder  # pylint: disable=import-outside-toplevel  (pulls in flax)
+  from tasks import datasets  # pylint: disable=import-outside-toplevel
+  return base.SingleTaskFamily(autoencoder.AutoencoderTask(datasets.load_synthetic_images(), hidden, activation,
+                                                           batch_size))
 
 
-def hrnn_training_set_v3() -> ProblemSet:
-  """:func:`hrnn_training_set_v2` plus a 784-input ReLU MLP on 28x28 generated images
-  (:data:`HRNN_V3_RELU_PROBLEMS`); the training set of ``configs/hrnn_shipped_v3.toml``, which also weights the
-  four ReLU problems up. No held-out data: the images come from :mod:`tasks.synthetic_images`.
+#: The named problems beyond the Wichrowska set, as zero-argument functions building each :class:`tasks.TaskFamily`
+#: (built when first looked up in :data:`PROBLEMS`: the image problems generate their data). All train on generated
+#: data only (:mod:`tasks.synthetic_images`, ReLU-teacher labels), none on a dataset of the validation or test
+#: suites. Adding a problem is one line here; a config then names it in ``[tasks] problems``.
+#:
+#: ``synthetic_images[_{s}px]_mlp_{h1}x{h2}..._{activation}_bs{b}`` is an MLP classifier on the s x s generated
+#: images (16 when absent), batch b; ``mlp_relu_..._nf{f}_bs{b}`` a ReLU MLP on ReLU-teacher labels of f features
+#: (:class:`tasks.MLPClassifierFamily`); ``synthetic_images_autoencoder_...`` an MLP autoencoder of the 16x16 images.
+#: (No ConvNet: a convolution vmapped over task instances becomes a grouped convolution, slow on CPU next to an MLP
+#: of the same size; docs/benchmarks.md.)
+EXTRA_PROBLEMS: dict[str, Callable[[], base.TaskFamily]] = {
+    'synthetic_images_mlp_32_relu_bs64': lambda: _synthetic_images_mlp(16, (32,), 'relu', 64),
+    'synthetic_images_mlp_32x32_relu_bs32': lambda: _synthetic_images_mlp(16, (32, 32), 'relu', 32),
+    'mlp_relu_64x64_nf32_bs64': lambda: gc.MLPClassifierFamily(32, (64, 64), 64, activation='relu'),
+    'synthetic_images_28px_mlp_32_relu_bs64': lambda: _synthetic_images_mlp(28, (32,), 'relu', 64),
+    'synthetic_images_28px_mlp_128x128_relu_bs64': lambda: _synthetic_images_mlp(28, (128, 128), 'relu', 64),
+    'synthetic_images_mlp_256x256_relu_bs64': lambda: _synthetic_images_mlp(16, (256, 256), 'relu', 64),
+    'synthetic_images_mlp_64_tanh_bs64': lambda: _synthetic_images_mlp(16, (64,), 'tanh', 64),
+    'synthetic_images_autoencoder_64x16x64_relu_bs64': lambda: _synthetic_images_autoencoder((64, 16, 64), 'relu', 64),
+}
+
+
+class ProblemRegistry(ProblemSet):
+  """A :class:`ProblemSet` whose families are built the first time each is looked up, then kept (see
+  :data:`PROBLEMS`). ``structure_groups()`` builds every family."""
+
+  def __init__(self, name: str, factories: Mapping[str, Callable[[], base.TaskFamily]]):  # pylint: disable=super-init-not-called
+    # ProblemSet.__init__ would build every family to check it; the keys of a dict are unique already.
+    self.name = name
+    self._factories = dict(factories)
+    self._built: dict[str, base.TaskFamily] = {}
+    self._families = _LazyFamilies(self)
+
+  def _build(self, name: str) -> base.TaskFamily:
+    if name not in self._built:
+      family = self._factories[name]()
+      if not isinstance(family, base.TaskFamily):
+        raise TypeError(f'problem {name!r} of {self.name!r} is a {type(family).__name__}, not a TaskFamily.')
+      self._built[name] = family
+    return self._built[name]
+
+
+class _LazyFamilies(Mapping[str, base.TaskFamily]):
+  """The ``name -> family`` mapping behind a :class:`ProblemRegistry`: keys at once, families on first access."""
+
+  def __init__(self, registry: ProblemRegistry):
+    self._registry = registry
+
+  def __getitem__(self, name: str) -> base.TaskFamily:
+    if name not in self._registry._factories:  # pylint: disable=protected-access
+      raise KeyError(name)
+    return self._registry._build(name)  # pylint: disable=protected-access
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._registry._factories)  # pylint: disable=protected-access
+
+  def __len__(self) -> int:
+    return len(self._registry._factories)  # pylint: disable=protected-access
+
+
+def _wichrowska_factory(name: str) -> Callable[[], base.TaskFamily]:
+  return lambda: wichrowska2017()[name]
+
+
+def _registry() -> ProblemRegistry:
+  factories = {name: _wichrowska_factory(name) for name in wichrowska2017()}
+  clashes = sorted(set(factories) & set(EXTRA_PROBLEMS))
+  if clashes:
+    raise ValueError(f'EXTRA_PROBLEMS reuses names of the Wichrowska set: {clashes}.')
+  return ProblemRegistry('problems', {**factories, **EXTRA_PROBLEMS})
+
+
+#: Every named problem: the 101 of :func:`wichrowska2017` (in its order), then :data:`EXTRA_PROBLEMS`. A
+#: :class:`ProblemSet` (``PROBLEMS['booth']``, ``.names()``, ``.filter(prefix=...)``) whose families are built when
+#: first looked up. A config's ``[tasks] problems`` draws its names from here; :func:`problem_set` makes a set of some.
+PROBLEMS: ProblemRegistry = _registry()
+
+
+def problem(name: str) -> base.TaskFamily:
+  """The family of the problem ``name`` of :data:`PROBLEMS`; a ``KeyError`` with the closest names if there is none."""
+  return PROBLEMS[name]
+
+
+def problem_set(names, name: str = 'problems') -> ProblemSet:
+  """The problems ``names`` of :data:`PROBLEMS`, in that order, as a :class:`ProblemSet` called ``name``.
+
+  The order matters to a meta-training run: structure groups are formed in order of first appearance.
   """
-  from tasks import image_classification as ic  # pylint: disable=import-outside-toplevel  (pulls in flax)
-  from tasks import datasets  # pylint: disable=import-outside-toplevel  (pulls in jax device arrays)
-  images = datasets.load_synthetic_images(size=28)
-  families = list(hrnn_training_set_v2().items())
-  families.append(('synthetic_images_28px_mlp_32_relu_bs64',
-                   base.SingleTaskFamily(ic.mlp_task(images, (32,), 'relu', batch_size=64))))
-  return ProblemSet('hrnn_training_set_v3', families)
-
-
-#: The problems :func:`mlp_lopt_training_set` trains on: classifiers on generated data with 1000 training points,
-#: which overfit, so that a validation meta-objective has something to correct.
-MLP_LOPT_TRAINING_PROBLEMS = (
-    'softmax_10_bs100_sep2', 'softmax_100_bs50_sep1', 'softmax_200_bs20_sep1.5',
-    'mlp_sigmoid_32_nf9_bs128', 'mlp_sigmoid_32x64_nf7_bs16', 'mlp_sigmoid_8x5x3_nf12_bs200',
-)
-
-
-def mlp_lopt_training_set() -> ProblemSet:
-  """The meta-training set of the shipped MLP optimizer (``configs/mlp_lopt_shipped.toml``): 6 generated-data
-  classification problems of :func:`wichrowska2017` (:data:`MLP_LOPT_TRAINING_PROBLEMS`), none in the held-out suite.
-  """
-  everything = wichrowska2017()
-  return ProblemSet('mlp_lopt_training_set', [(name, everything[name]) for name in MLP_LOPT_TRAINING_PROBLEMS])
+  if isinstance(names, str):
+    raise TypeError(f'problem_set takes a sequence of names, not the string {names!r}.')
+  return ProblemSet(name, [(n, PROBLEMS[n]) for n in names])

@@ -10,9 +10,9 @@ Custom hooks receive:
 
 * ``learned_optimizer.architecture = 'mod:Cls'``: ``Cls(**hparams)``, a :class:`lopt.LearnedOptimizer`;
 * ``tasks.family = 'mod:attr'``: a :class:`tasks.TaskFamily` subclass, called with ``**kwargs``, or a function
-  returning a family or a sequence of families (a problem set);
+  returning a family or a sequence of families (a problem set; named problems need no hook: ``tasks.problems``);
 * ``estimator.name = 'mod:factory'``: ``factory(architecture, families, num_tasks, **kwargs)`` returning a
-  :class:`meta_train.GradientEstimator`;
+  :class:`meta_train.GradientEstimator` (plus ``family_weights=`` when the config sets ``tasks.weights``);
 * truncation schedules and meta-objectives: ``attr(**kwargs)``;
 * ``meta_optimizer.name = 'mod:Cls'`` with ``meta_optimizer.weights = 'file.npz'``: the learned optimizer
   ``Cls`` (a :class:`lopt.LearnedOptimizer`) with the weights of that ``lopt.save`` file, frozen.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections.abc as abc_types
 import dataclasses
+import difflib
 import importlib
 import inspect
 import typing
@@ -264,15 +265,76 @@ def build_init_meta_params(architecture, cfg: config_lib.LearnedOptimizerConfig)
   return lambda key: meta_params
 
 
-def build_families(cfg: config_lib.TasksConfig, seed: int = 0) -> list:
-  """The task families of a run: one family, a problem set's families, or structures drawn from a distribution.
+class Problems(NamedTuple):
+  """The task families of a run (see :func:`build_problems`).
 
-  ``tasks.family`` may name a :class:`tasks.TaskFamily`, a function returning a family, a :class:`tasks.Task`
-  (wrapped in :class:`tasks.SingleTaskFamily`) or a problem set (a mapping or sequence of families). With
+  Attributes:
+    families: the :class:`tasks.TaskFamily` objects, in order (structure groups form in order of first appearance).
+    names: their names when the problems have names (``tasks.problems``, or a problem set named by
+      ``tasks.family``), else ``None``.
+    weights: one weight per family from ``tasks.weights`` (1 where a problem has none), or ``None`` when the config
+      weighs no problem.
+  """
+  families: list
+  names: list[str] | None
+  weights: list[float] | None
+
+
+def _unknown_problem(name: str, known, field: str) -> ConfigError:
+  close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+  hint = f' Did you mean {", ".join(repr(m) for m in close)}?' if close else ''
+  return ConfigError(f'config field {field}: unknown problem {name!r}.{hint}')
+
+
+def build_problems(cfg: config_lib.TasksConfig, seed: int = 0) -> Problems:
+  """The task families of a run with their names and weights: the named problems of ``tasks.problems`` (from
+  :data:`tasks.PROBLEMS`), or what ``tasks.family`` makes (see :func:`build_families`); ``tasks.problems_prefix``
+  keeps the problems whose name starts with it, and ``tasks.weights`` is checked against the names."""
+  if cfg.problems:
+    from tasks import problem_sets  # pylint: disable=import-outside-toplevel
+    for name in cfg.problems:
+      if name not in problem_sets.PROBLEMS:
+        raise ConfigError(f'{_unknown_problem(name, problem_sets.PROBLEMS, "tasks.problems")} The names are those of '
+                          'tasks.PROBLEMS (tasks/problem_sets.py: the Wichrowska 2017 set and EXTRA_PROBLEMS); list '
+                          'them with python -c "import tasks; print(tasks.PROBLEMS.names())".')
+    known = list(cfg.problems)
+    names = [n for n in cfg.problems if n.startswith(cfg.problems_prefix)]
+    if not names:
+      raise ConfigError(f'config field tasks.problems_prefix = {cfg.problems_prefix!r} matches none of the '
+                        f'{len(cfg.problems)} problems of tasks.problems.')
+    families = [problem_sets.PROBLEMS[n] for n in names]
+  else:
+    families, names, known = _build_family(cfg, seed)
+  weights = None
+  if cfg.weights:
+    if names is None:
+      raise ConfigError(f'config field tasks.weights weighs problems by name, but tasks.family = {cfg.family!r} makes '
+                        'families without names; name the problems in tasks.problems, or weight structure groups '
+                        'with estimator.kwargs.group_weights.')
+    for name in cfg.weights:
+      if name not in known:
+        raise ConfigError(f'{_unknown_problem(name, known, "tasks.weights")} It is not a problem of this run.')
+    weights = [float(cfg.weights.get(n, 1.0)) for n in names]
+  return Problems(families, names, weights)
+
+
+def build_families(cfg: config_lib.TasksConfig, seed: int = 0) -> list:
+  """The task families of a run: named problems, one family, a problem set's families, or structures drawn from a
+  distribution (:func:`build_problems` without the names and weights).
+
+  ``tasks.problems`` names problems of :data:`tasks.PROBLEMS`. Otherwise ``tasks.family`` may name a
+  :class:`tasks.TaskFamily`, a function returning a family, a :class:`tasks.Task` (wrapped in
+  :class:`tasks.SingleTaskFamily`) or a problem set (a mapping or sequence of families). With
   ``tasks.num_structures = n > 0`` it must name a structure distribution instead: a class with a ``sample_structure``
   classmethod (``kwargs`` go to it), a class whose instances have ``sample_structure`` (``kwargs`` go to the
   constructor), or a function ``f(key, **kwargs) -> TaskFamily``; ``n`` structures are drawn from ``seed``.
   """
+  return build_problems(cfg, seed).families
+
+
+def _build_family(cfg: config_lib.TasksConfig, seed: int) -> tuple[list, list[str] | None, list[str] | None]:
+  """What ``tasks.family`` makes: the families, the names of those kept (a problem set's, else ``None``) and the
+  names of all before ``tasks.problems_prefix`` filters them."""
   source = _task_source(cfg.family)
   made = None
   if cfg.num_structures:
@@ -295,21 +357,24 @@ def build_families(cfg: config_lib.TasksConfig, seed: int = 0) -> list:
     if isinstance(made, TaskFamily):
       families = [made]
     elif isinstance(made, Mapping):  # a problem set: name -> family
-      names = [n for n in made if str(n).startswith(cfg.problems_prefix)]
+      names = [str(n) for n in made if str(n).startswith(cfg.problems_prefix)]
       if not names:
         raise ConfigError(f'config field tasks.problems_prefix = {cfg.problems_prefix!r} matches none of the '
                           f'{len(made)} problems of {cfg.family!r}.')
-      families = [made[n] for n in names]
+      families = [made[n] for n in made if str(n).startswith(cfg.problems_prefix)]
     elif isinstance(made, Sequence) and not isinstance(made, str):
       families = list(made)
     else:
       families = []
   if cfg.problems_prefix and not isinstance(made, Mapping):
-    raise ConfigError(f'config field tasks.problems_prefix applies to problem sets only; {cfg.family!r} is not one.')
+    raise ConfigError(f'config field tasks.problems_prefix applies to named problems only (tasks.problems or a problem '
+                      f'set); {cfg.family!r} is not a problem set.')
   if not families or not all(isinstance(f, TaskFamily) for f in families):
     raise ConfigError(f'config field tasks.family: {cfg.family!r} does not make a TaskFamily, a Task, or a sequence '
                       'or mapping of TaskFamily.')
-  return families
+  if isinstance(made, Mapping):
+    return families, names, [str(n) for n in made]
+  return families, None, None
 
 
 def build_meta_optimizer(cfg: config_lib.MetaOptimizerConfig) -> optax.GradientTransformationExtraArgs:
@@ -425,19 +490,32 @@ def _parameters(fn) -> set[str]:
 
 
 #: What :func:`build_estimator` passes to :class:`meta_train.structure_groups.StructureGroups` itself.
-_GROUPS_PROVIDED = ('architecture', 'families', 'num_tasks', 'truncation_schedule', 'objective')
+_GROUPS_PROVIDED = ('architecture', 'families', 'num_tasks', 'truncation_schedule', 'objective', 'family_weights')
 
 
-def build_estimator(cfg: config_lib.EstimatorConfig, architecture, families, num_tasks: int):
+def build_estimator(cfg: config_lib.EstimatorConfig, architecture, families, num_tasks: int,
+                    family_weights: Sequence[float] | None = None):
   """The gradient estimator with its truncation schedule and meta-objective.
 
   A built-in estimator is composed of the unrolls it runs and its own arguments: ``estimator.kwargs`` that the
   estimator class takes (``std``, say) go to it, the others (``unroll_length``, ``group_mode``, ...) to
   :class:`meta_train.structure_groups.StructureGroups`; a name neither takes is an error listing both's names.
+  ``family_weights`` (one per family, from ``tasks.weights``) go to ``StructureGroups``, or to a ``module:factory``
+  as ``family_weights=`` (one that does not take them is an error).
   """
+  if 'family_weights' in cfg.kwargs:
+    raise ConfigError('config field estimator.kwargs.family_weights is set from tasks.weights (weights by problem '
+                      'name); remove it and write [tasks] weights = {"problem name" = weight, ...}.')
   if ':' in cfg.name:
     factory = import_attr(cfg.name, 'estimator.name')
-    return call(factory, cfg.kwargs, 'estimator.kwargs', architecture, families, num_tasks)
+    provided = {}
+    if family_weights is not None:
+      params = inspect.signature(factory).parameters.values() if callable(factory) else ()
+      if not any(p.name == 'family_weights' or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        raise ConfigError(f'config field tasks.weights: estimator.name = {cfg.name!r} takes no family_weights '
+                          'argument, so it cannot weigh the problems; remove tasks.weights or add the argument.')
+      provided['family_weights'] = list(family_weights)
+    return call(factory, cfg.kwargs, 'estimator.kwargs', architecture, families, num_tasks, **provided)
   estimator_cls = _choose(cfg.name, ESTIMATORS, 'estimator.name')
   own_names = _parameters(estimator_cls) - {'unroll'}
   group_names = _parameters(StructureGroups)
@@ -452,7 +530,8 @@ def build_estimator(cfg: config_lib.EstimatorConfig, architecture, families, num
   own = {k: v for k, v in cfg.kwargs.items() if k in own_names}
   shared = {k: v for k, v in cfg.kwargs.items() if k not in own_names}
   groups = call(StructureGroups, shared, 'estimator.kwargs', architecture=architecture, families=families,
-                num_tasks=num_tasks, truncation_schedule=schedule, objective=objective)
+                num_tasks=num_tasks, truncation_schedule=schedule, objective=objective,
+                family_weights=None if family_weights is None else list(family_weights))
   return call(estimator_cls, own, 'estimator.kwargs', unroll=groups)
 
 
@@ -480,8 +559,15 @@ def build(config: config_lib.Config) -> Components:
   """Builds every component of a run; raises ``ConfigError`` naming the field for anything the config gets wrong."""
 
   architecture = build_architecture(config.learned_optimizer)
-  families = build_families(config.tasks, config.run.seed)
-  estimator = build_estimator(config.estimator, architecture, families, config.tasks.num_tasks)
+  problems = build_problems(config.tasks, config.run.seed)
+  families = problems.families
+  if problems.names is not None and 'group_weights' in config.estimator.kwargs:
+    raise ConfigError('config field estimator.kwargs.group_weights is a list of numbers in structure-group order; '
+                      'the problems of this run have names, so weigh them by name instead: [tasks] weights = '
+                      '{"problem name" = weight, ...} (a problem without one weighs 1; see '
+                      'meta_train/run/config.py, TasksConfig).')
+  estimator = build_estimator(config.estimator, architecture, families, config.tasks.num_tasks,
+                              family_weights=problems.weights)
   evaluate = None
   if config.evaluation.every > 0:
     evaluate = periodic.make_evaluator(

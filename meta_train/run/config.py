@@ -53,6 +53,8 @@ from typing import Any, Callable
 
 import tomli_w
 
+from meta_train.run import legacy
+
 
 class ConfigError(ValueError):
   """A configuration file or override is invalid. The message names the field and the fix."""
@@ -60,7 +62,11 @@ class ConfigError(ValueError):
 
 def _field(default, doc: str, check: Callable[[Any], bool] | None = None, rule: str = ''):
   """A dataclass field with documentation and an optional value check (``rule`` says what ``check`` demands)."""
-  kwargs = {'default_factory': dict} if default == {} else {'default': default}
+  if isinstance(default, (dict, list)):
+    assert not default, 'a mutable default must be empty'
+    kwargs = {'default_factory': type(default)}
+  else:
+    kwargs = {'default': default}
   return dataclasses.field(**kwargs, metadata={'doc': doc, 'check': check, 'rule': rule})
 
 
@@ -108,26 +114,55 @@ class LearnedOptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TasksConfig:
-  """The inner problems the learned optimizer is meta-trained on.
+  """The inner problems the learned optimizer is meta-trained on: named problems, or a family.
+
+  Two ways to choose them. **By name** (how the shipped optimizers' configs do it)::
+
+      [tasks]
+      problems = ["quadratic_25", "bowl_1", "mlp_relu_64x64_nf32_bs64"]   # names of tasks.PROBLEMS
+      weights = {mlp_relu_64x64_nf32_bs64 = 4}                            # optional; default 1 each
+      num_tasks = 4
+
+  or **by family**: ``family`` (with ``kwargs``) names a task family, a problem set such as ``'wichrowska2017'``, or
+  your own code. The problems' order matters: structure groups (the problems that compile together, see
+  :mod:`meta_train.structure_groups`) are formed in order of first appearance.
+
+  Weights: a problem's weight is its share of the meta-gradient, ``w_p / sum(w)`` (a problem without one weighs 1,
+  so no weights means every problem alike, as Wichrowska et al. drew problems uniformly). Problems of one structure
+  group share an unroll: the group's weight is the sum of its members' weights, and each of its instances draws its
+  problem with probability proportional to the members' weights (``family_weights`` of
+  :class:`meta_train.structure_groups.StructureGroups`), so every problem gets its own share whether or not it
+  shares a group. Names containing a dot must be quoted as TOML keys (``"quadratic_20_noise0.5" = 2``). A weight
+  must be > 0 (to leave a problem out, remove it from ``problems``). ``weights`` also applies to the problems of a
+  problem set named by ``family`` (``'wichrowska2017'``); a family without named problems has none to weigh.
 
   Attributes:
-    family: a task-family class in ``tasks.families`` / ``tasks.image_families`` (for example
-      ``'QuadraticFamily'``), a problem set function in ``tasks.problem_sets`` (for example ``'wichrowska2017'``),
-      or ``'package.module:attr'`` naming either kind in your own code.
+    family: unused when ``problems`` is set (leave it out). Otherwise a task-family class in ``tasks.families`` /
+      ``tasks.image_families`` (for example ``'QuadraticFamily'``), a problem set function in
+      ``tasks.problem_sets`` (for example ``'wichrowska2017'``), or ``'package.module:attr'`` naming either kind in
+      your own code.
     kwargs: keyword arguments of that family constructor / problem-set function.
+    problems: names of problems of ``tasks.PROBLEMS`` (``tasks/problem_sets.py``: the Wichrowska 2017 set and the
+      networks on generated data of ``tasks.problem_sets.EXTRA_PROBLEMS``), in order; [] = use ``family``. An
+      unknown name is an error naming the closest ones.
+    weights: problem name -> weight (> 0), for named problems (``problems``, or a problem set's); a problem not
+      listed weighs 1. See above for the rule.
     num_tasks: size of the task ensemble: how many inner problems of each structure group are unrolled in parallel
       per meta-step. With several devices it must be a multiple of the device count (the ensemble axis is split
       across devices).
     num_structures: for a distribution over task *structures* (shapes drawn on the host: ``MLPFamily``,
       ``NoisyQuadraticFamily``'s dimension, ``sample_family``), how many fixed-structure families to draw, once,
       from ``run.seed``. Each structure is compiled separately, so keep it small. 0 uses ``family`` as it is.
-    problems_prefix: for a problem set, keep only the problems whose name starts with this ("" keeps all).
+    problems_prefix: for a problem set or ``problems``, keep only the problems whose name starts with this (""
+      keeps all).
   """
   family: str = _field('QuadraticFamily', 'task family, problem set, or module:attr.')
   kwargs: dict = _field({}, 'arguments of the family / problem set.')
   num_tasks: int = _field(8, 'inner problems per structure group per meta-step.', *_positive)
   num_structures: int = _field(0, 'structures drawn from a structure distribution (0 = none).', *_non_negative)
   problems_prefix: str = _field('', 'problem-set name filter.')
+  problems: list = _field([], 'names of tasks.PROBLEMS ([] = use family).')
+  weights: dict = _field({}, 'problem name -> weight (default 1 each).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +195,9 @@ class EstimatorConfig:
       combined per element by inverse-variance weighting), or ``'package.module:factory'``.
     kwargs: keyword arguments of the estimator (for example ``std`` for the perturbation scale of ES/PES) and of
       the unrolls it runs (:class:`meta_train.structure_groups.StructureGroups`: ``unroll_length``, ``group_mode``,
-      ``group_weights``, ``use_valid_loss``, ``stagger``, ``second_derivatives``); a ``module:factory`` receives
-      them all.
+      ``use_valid_loss``, ``stagger``, ``second_derivatives``); a ``module:factory`` receives them all. Named
+      problems are weighted by name in ``tasks.weights``; ``group_weights`` (a list in structure-group order) is
+      refused for them and serves only families without named problems (sampled structures).
     truncation: the truncation schedule: ``name`` one of ``'constant'``, ``'log_uniform'``, ``'wichrowska'``,
       ``'linear_increasing'``, with its ``kwargs`` (unroll length, episode length, ...).
     objective: the meta-objective: ``name`` one of ``'log_normalized_train'`` (Wichrowska 2017),
@@ -262,7 +298,7 @@ RESUMABLE_FIELDS = frozenset({'run.meta_steps', 'run.log_every', 'run.checkpoint
 #: field existed. :func:`fingerprint` leaves such a field out while it holds that default, so the fingerprints stored in
 #: those runs' ``resume.npz`` stay valid (they can still be resumed); set to anything else, it counts like any field.
 #: A field added later with such a default belongs here.
-FINGERPRINT_OMITS_AT_DEFAULT: dict[str, Any] = {'meta_optimizer.weights': ''}
+FINGERPRINT_OMITS_AT_DEFAULT: dict[str, Any] = {'meta_optimizer.weights': '', 'tasks.problems': [], 'tasks.weights': {}}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -331,9 +367,54 @@ def _from_dict(cls, data: dict, path: str):
   return cls(**values)
 
 
+def _check_tasks(tasks: TasksConfig) -> TasksConfig:
+  """The rules between the fields of ``[tasks]`` that the schema alone cannot state; weights become floats."""
+  for i, name in enumerate(tasks.problems):
+    if not isinstance(name, str) or not name:
+      raise ConfigError(f'config field tasks.problems must hold problem names (strings), got {name!r} at index {i}.')
+  duplicates = sorted({n for n in tasks.problems if tasks.problems.count(n) > 1})
+  if duplicates:
+    raise ConfigError(f'config field tasks.problems names {", ".join(map(repr, duplicates))} more than once; list '
+                      'each problem once and give it a weight in tasks.weights instead.')
+  if tasks.problems:
+    if tasks.family != TasksConfig.family:
+      raise ConfigError(f'config fields tasks.family ({tasks.family!r}) and tasks.problems are two ways to choose the '
+                        'problems; set one of them (remove tasks.family to train on the named problems; on the command '
+                        f'line, tasks.family={TasksConfig.family}, its default, counts as unset).')
+    if tasks.kwargs:
+      raise ConfigError('config field tasks.kwargs applies to tasks.family; named problems (tasks.problems) take no '
+                        'arguments: remove it.')
+    if tasks.num_structures:
+      raise ConfigError('config field tasks.num_structures draws structures from a distribution named by '
+                        'tasks.family; it does not apply to tasks.problems: set it to 0.')
+  weights = {}
+  for name, value in tasks.weights.items():
+    field = f'tasks.weights.{name}'
+    if isinstance(value, dict):
+      raise ConfigError(f'config field {field!r} must be a number, got the table {value!r}: a problem name '
+                        f'containing a dot must be quoted, as in "{name}.{next(iter(value), "")}" = 2.')
+    value = _coerce(field, value, float)
+    if not math.isfinite(value) or value <= 0:
+      raise ConfigError(f'config field {field!r} must be a finite number > 0, got {value!r} (to leave a problem out, '
+                        'remove it from tasks.problems).')
+    weights[name] = value
+  if tasks.problems:
+    unknown = [n for n in weights if n not in tasks.problems]
+    if unknown:
+      raise ConfigError(f'config field tasks.weights weighs {unknown[0]!r}, which is not in tasks.problems.'
+                        f'{_closest(unknown[0], tasks.problems)}')
+  return dataclasses.replace(tasks, weights=weights)
+
+
 def from_dict(data: dict) -> Config:
-  """Validates a nested dict (as parsed from TOML) and returns the :class:`Config`. Raises :class:`ConfigError`."""
-  return _from_dict(Config, data, '')
+  """Validates a nested dict (as parsed from TOML) and returns the :class:`Config`. Raises :class:`ConfigError`.
+
+  A ``[tasks]`` section in the spelling of runs made before problems were named (``family =
+  "hrnn_training_set_v2"``, a positional ``estimator.kwargs.group_weights``) is read as the named problems it stood
+  for (:mod:`meta_train.run.legacy`).
+  """
+  config = _from_dict(Config, legacy.upgrade(data), '')
+  return dataclasses.replace(config, tasks=_check_tasks(config.tasks))
 
 
 def to_dict(config: Config) -> dict:
@@ -400,8 +481,12 @@ def loads(text: str, overrides: list[str] = ()) -> Config:
 
 
 def dumps(config: Config) -> str:
-  """The config as TOML text (``tomli_w``); ``loads(dumps(c)) == c``."""
-  return tomli_w.dumps(to_dict(config))
+  """The config as TOML text (``tomli_w``); ``loads(dumps(c)) == c``. ``tasks.family`` is left out when
+  ``tasks.problems`` names the problems (it is unused then, and at its default)."""
+  data = to_dict(config)
+  if config.tasks.problems:
+    del data['tasks']['family']
+  return tomli_w.dumps(data)
 
 
 def _flatten(data: dict, prefix: str = '') -> dict:
@@ -419,9 +504,12 @@ def fingerprint(config: Config) -> str:
   """A SHA-256 (hex) of every field that determines the meta-parameters, i.e. all but :data:`RESUMABLE_FIELDS`
   (and the fields of :data:`FINGERPRINT_OMITS_AT_DEFAULT` at their default).
 
-  Two configs with the same fingerprint may resume each other's runs; stored in ``resume.npz``.
+  Two configs with the same fingerprint may resume each other's runs; stored in ``resume.npz``. Named problems
+  that are exactly those of a run made before problems were named are hashed in that run's spelling
+  (:func:`meta_train.run.legacy.downgrade`), so it resumes from a config written either way.
   """
-  fields = {k: v for k, v in _flatten(to_dict(config)).items() if k not in RESUMABLE_FIELDS
+  data = legacy.downgrade(to_dict(config), default_family=TasksConfig.family)
+  fields = {k: v for k, v in _flatten(data).items() if k not in RESUMABLE_FIELDS
             and not (k in FINGERPRINT_OMITS_AT_DEFAULT and v == FINGERPRINT_OMITS_AT_DEFAULT[k])}
   return hashlib.sha256(json.dumps(fields, sort_keys=True, default=repr).encode('utf-8')).hexdigest()
 

@@ -2,11 +2,13 @@
 
 import json
 import math
+import os
 
 import jax
 import numpy as np
 import pytest
 
+import meta_training_sets
 import tasks
 from evaluation import cli
 from evaluation import heldout
@@ -14,29 +16,34 @@ from evaluation import heldout
 SYNTHETIC = [n for n in heldout.ALL_TASKS if not n.startswith('fashion_mnist')]
 
 
-def test_suite_is_disjoint_from_the_shipped_training_set():
-  training = set(tasks.problem_sets.HRNN_TRAINING_PROBLEMS)
-  assert not training & set(heldout.WICHROWSKA_HELDOUT)
-  # The held-out quadratics lie outside the training dimensions (20..100).
-  problems = tasks.wichrowska2017()
-  trained_dims = {problems[n].task(problems[n].sample(jax.random.key(0))).init(jax.random.key(0)).shape[0]
-                  for n in training if n.startswith('quadratic_')}
+def test_suite_is_disjoint_from_every_meta_training_set():
+  """No committed config (but the paper reproductions) trains on a Wichrowska problem of the suite, and the suite's
+  quadratics lie outside the dimensions any of them trains on (20..100)."""
+  named = meta_training_sets.named_problems()
+  assert 'configs/hrnn_shipped.toml' in named
+  trained = set().union(*named.values())
+  assert not trained & set(heldout.WICHROWSKA_HELDOUT)
+  trained_dims = {tasks.problem(n).task(tasks.problem(n).sample(jax.random.key(0))).init(jax.random.key(0)).shape[0]
+                  for n in trained if n.startswith('quadratic_')}
   assert min(trained_dims) == 20 and max(trained_dims) == 100
   for entry in heldout.heldout_suite(['noisy_quadratic_5', 'noisy_quadratic_500', 'quadratic_2048']):
     dim = entry.task.init(jax.random.key(0)).shape[0]
-    assert not 20 <= dim <= 100, entry.name
+    assert not min(trained_dims) <= dim <= max(trained_dims), entry.name
 
 
-@pytest.mark.parametrize('make, extra', [(tasks.hrnn_training_set_v2, tasks.problem_sets.HRNN_V2_EXTRA_PROBLEMS),
-                                         (tasks.hrnn_training_set_v3, tasks.problem_sets.HRNN_V3_RELU_PROBLEMS)])
-def test_second_round_training_sets_add_relu_networks_on_data_outside_the_suite(make, extra):
-  """configs/hrnn_shipped_v2.toml and _v3.toml train on the first set plus ReLU networks, none on held-out data."""
-  problems = make()
-  assert list(problems) == list(tasks.problem_sets.HRNN_TRAINING_PROBLEMS) + list(extra)
-  assert not set(problems) & set(heldout.ALL_TASKS)
+@pytest.mark.parametrize('earlier, later', [('hrnn_shipped', 'hrnn_shipped_v2'),
+                                            ('hrnn_shipped_v2', 'hrnn_shipped_v3')])
+def test_second_round_training_sets_add_relu_networks_on_data_outside_the_suite(earlier, later):
+  """configs/hrnn_shipped_v2.toml and _v3.toml train on the round before's problems plus ReLU networks, none on
+  held-out data."""
+  paths = [os.path.join(meta_training_sets.REPO, 'configs', f'{n}.toml') for n in (earlier, later)]
+  before, problems = (meta_training_sets.problems_of(p) for p in paths)
+  assert problems.names[:len(before.names)] == before.names
+  extra = problems.names[len(before.names):]
+  assert extra and not set(problems.names) & set(heldout.ALL_TASKS)
   for name in extra:
-    task = problems[name].task(problems[name].sample(jax.random.key(0)))
-    dataset = getattr(task, 'dataset', None)
+    family = problems.families[problems.names.index(name)]
+    dataset = getattr(family.task(family.sample(jax.random.key(0))), 'dataset', None)
     assert dataset is None or dataset.name.startswith('synthetic_images'), name
     assert 'relu' in name
 

@@ -1,13 +1,13 @@
 """The validation suite, and the rule that meta-training, validation and test sets share no task or dataset."""
 
-import importlib
 import math
+import os
 
 import jax
 import numpy as np
 import pytest
 
-import tasks
+import meta_training_sets
 from evaluation import heldout, validation
 
 
@@ -41,16 +41,29 @@ def test_validation_and_test_suites_share_no_task_and_no_dataset(validation_entr
     assert dataset is None or dataset in heldout.DATASETS, (entry.name, dataset)
 
 
-@pytest.mark.parametrize('make', [tasks.hrnn_training_set, tasks.hrnn_training_set_v2, tasks.hrnn_training_set_v3,
-                                  tasks.mlp_lopt_training_set,
-                                  lambda: importlib.import_module('configs.hrnn_round3_problems').training_set()])
-def test_meta_training_sets_use_neither_suite(make):
-  problems = make()
-  assert not set(problems) & (set(validation.ALL_TASKS) | set(heldout.ALL_TASKS))
-  for name in problems:
-    task = problems[name].task(problems[name].sample(jax.random.key(0)))
-    dataset = _dataset_of(task)
-    assert dataset is None or dataset == 'synthetic_images', (name, dataset)
+@pytest.mark.parametrize('path', meta_training_sets.meta_training_configs(), ids=meta_training_sets.label)
+def test_meta_training_sets_use_neither_suite(path):
+  """Every committed config (configs/*.toml and runs/*/config.toml) but the paper reproductions: no task of either
+  suite by name, no dataset but the generated images."""
+  problems = meta_training_sets.problems_of(path)
+  suites = set(validation.ALL_TASKS) | set(heldout.ALL_TASKS)
+  assert not set(problems.names or ()) & suites
+  for i, family in enumerate(problems.families):
+    dataset = _dataset_of(family.task(family.sample(jax.random.key(0))))
+    assert dataset is None or dataset == 'synthetic_images', (problems.names and problems.names[i], dataset)
+
+
+def test_only_the_paper_reproductions_are_exempt_and_each_is_committed():
+  configs = {os.path.basename(p) for p in meta_training_sets.config_paths()}
+  assert set(meta_training_sets.PAPER_CONFIGS) <= configs
+  checked = {meta_training_sets.label(p) for p in meta_training_sets.meta_training_configs()}
+  assert 'configs/hrnn_shipped.toml' in checked and 'configs/hrnn_round3.toml' in checked
+  assert len(checked) == len(meta_training_sets.config_paths()) - len(meta_training_sets.PAPER_CONFIGS)
+
+
+def test_the_validation_suites_wichrowska_problems_are_in_no_meta_training_set():
+  for config, names in meta_training_sets.named_problems().items():
+    assert not set(names) & set(validation.WICHROWSKA_VALIDATION), config
 
 
 @pytest.mark.parametrize('name', validation.ALL_TASKS)

@@ -10,6 +10,7 @@ import pytest
 
 from meta_train.run import build
 from meta_train.run import config as config_lib
+from meta_train.run import legacy
 from meta_train.run.config import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -227,3 +228,170 @@ def test_a_field_omitted_at_its_default_counts_once_set():
   assert config_lib.fingerprint(config_lib.loads('[meta_optimizer]\nweights = ""')) == config_lib.fingerprint(default)
   assert config_lib.fingerprint(config_lib.loads('[meta_optimizer]\nweights = "a.npz"')) != config_lib.fingerprint(
       default)
+
+
+# --- named problems and their weights ------------------------------------------------------------------------------
+
+
+def test_problems_and_weights_are_named_in_the_config():
+  config = config_lib.loads('[tasks]\nproblems = ["bowl_1", "quadratic_20_noise0.5", "booth"]\n'
+                            '[tasks.weights]\n"quadratic_20_noise0.5" = 2\nbooth = 0.5')
+  assert config.tasks.problems == ['bowl_1', 'quadratic_20_noise0.5', 'booth']
+  assert config.tasks.weights == {'quadratic_20_noise0.5': 2.0, 'booth': 0.5}
+  assert isinstance(config.tasks.weights['quadratic_20_noise0.5'], float)
+  text = config_lib.dumps(config)
+  assert 'family' not in text  # unused next to named problems, so not written
+  assert config_lib.loads(text) == config
+
+
+@pytest.mark.parametrize('text, message', [
+    ('problems = ["booth", "bowl_1", "booth"]', r"names 'booth' more than once.*tasks.weights"),
+    ('problems = ["booth", 3]', r'must hold problem names \(strings\), got 3 at index 1'),
+    ('problems = "booth"', r"'tasks.problems' must be a list"),
+    ('family = "wichrowska2017"\nproblems = ["booth"]', r'tasks.family .* and tasks.problems are two ways'),
+    ('problems = ["booth"]\nkwargs = {dim = 3}', r'tasks.kwargs applies to tasks.family'),
+    ('problems = ["booth"]\nnum_structures = 2', r'num_structures .* does not apply to tasks.problems'),
+    ('problems = ["bowl_1", "booth"]\nweights = {bowl_2 = 2}',
+     r"weighs 'bowl_2', which is not in tasks.problems. Did you mean 'bowl_1'"),
+    ('problems = ["booth"]\nweights = {booth = 0}', r"'tasks.weights.booth' must be a finite number > 0.*remove it"),
+    ('problems = ["booth"]\nweights = {booth = "heavy"}', r"'tasks.weights.booth' must be a number"),
+    ('problems = ["booth"]\nweights = {booth = true}', r"'tasks.weights.booth' must be a number"),
+    ('problems = ["quadratic_20_noise0.5"]\nweights = {quadratic_20_noise0.5 = 2}',
+     r'must be quoted, as in "quadratic_20_noise0.5" = 2'),
+])
+def test_named_problem_errors_say_what_to_do(text, message):
+  with pytest.raises(ConfigError, match=message):
+    config_lib.loads('[tasks]\n' + text)
+
+
+def test_an_unknown_problem_is_named_with_the_closest_ones():
+  config = config_lib.loads('[tasks]\nproblems = ["booth", "quadratic_20_noise.5"]')
+  with pytest.raises(ConfigError, match=r"tasks.problems: unknown problem 'quadratic_20_noise.5'. Did you mean "
+                                        r"'quadratic_20_noise0.5'.*tasks.PROBLEMS"):
+    build.build_problems(config.tasks)
+
+
+def test_weights_by_name_reach_the_structure_groups_and_shared_groups_split_by_weight():
+  """bowl_1 and bowl_5 share a structure group: it weighs 3 + 1, and its instances draw bowl_1 3 times in 4."""
+  import numpy as np
+  config = config_lib.loads('[tasks]\nproblems = ["bowl_1", "booth", "bowl_5"]\nweights = {bowl_1 = 3}\n'
+                            'num_tasks = 2\n[estimator]\nname = "tbptt"\nkwargs = {unroll_length = 2}')
+  problems = build.build_problems(config.tasks)
+  assert problems.names == ['bowl_1', 'booth', 'bowl_5'] and problems.weights == [3.0, 1.0, 1.0]
+  groups = build.build(config).estimator.groups
+  np.testing.assert_allclose(groups.weights, [4 / 5, 1 / 5])
+  np.testing.assert_allclose(np.exp(groups.unrolls[0].family_log_weights), [3 / 4, 1 / 4], rtol=1e-6)
+  unweighted = build.build(config_lib.loads('[tasks]\nproblems = ["bowl_1", "booth", "bowl_5"]')).estimator.groups
+  np.testing.assert_allclose(unweighted.weights, [2 / 3, 1 / 3])
+
+
+def test_weights_apply_to_a_problem_sets_names_and_not_to_unnamed_families():
+  config = config_lib.loads('[tasks]\nfamily = "wichrowska2017"\nproblems_prefix = "bowl_"\nweights = {bowl_1 = 2}')
+  problems = build.build_problems(config.tasks)
+  assert problems.names[:2] == ['bowl_0.1', 'bowl_1'] and problems.weights[:2] == [1.0, 2.0]
+  with pytest.raises(ConfigError, match=r"tasks.weights: unknown problem 'bowl_11'. Did you mean 'bowl_1'"):
+    build.build_problems(config_lib.loads('[tasks]\nfamily = "wichrowska2017"\nweights = {bowl_11 = 2}').tasks)
+  with pytest.raises(ConfigError, match=r"tasks.weights weighs problems by name, but tasks.family = "
+                                        r"'QuadraticFamily' makes families without names"):
+    build.build_problems(config_lib.loads('[tasks]\nweights = {quadratic = 2}').tasks)
+
+
+def test_positional_group_weights_are_refused_for_named_problems():
+  config = config_lib.loads('[tasks]\nproblems = ["bowl_1", "booth"]\n[estimator]\nkwargs = {group_weights = [1, 4]}')
+  with pytest.raises(ConfigError, match=r'group_weights is a list of numbers in structure-group order.*'
+                                        r'\[tasks\] weights = \{"problem name" = weight'):
+    build.build(config)
+  config = config_lib.loads('[tasks]\nproblems = ["bowl_1", "booth"]\n[estimator]\nkwargs = {family_weights = [1, 4]}')
+  with pytest.raises(ConfigError, match=r'family_weights is set from tasks.weights'):
+    build.build(config)
+  # Families without names (sampled structures, one family) keep weighing structure groups by position.
+  config = config_lib.loads('[estimator]\nname = "tbptt"\nkwargs = {group_weights = [1]}')
+  assert list(build.build(config).estimator.groups.weights) == [1.0]
+
+
+# --- the spelling of runs made before problems were named ----------------------------------------------------------
+
+
+@pytest.mark.parametrize('family', sorted(legacy.LEGACY_PROBLEM_SETS))
+def test_an_old_problem_set_spelling_loads_as_its_named_problems_with_the_same_fingerprint(family):
+  old = config_lib.loads(f'[tasks]\nfamily = "{family}"\nkwargs = {{}}\nnum_tasks = 2')
+  names = list(legacy.LEGACY_PROBLEM_SETS[family])
+  assert old.tasks.problems == names and old.tasks.family == config_lib.TasksConfig.family
+  new = config_lib.loads(f'[tasks]\nproblems = {names!r}\nnum_tasks = 2'.replace("'", '"'))
+  assert new == old and config_lib.fingerprint(new) == config_lib.fingerprint(old)
+  # ... which is the hash of the old spelling, field by field (what the runs' resume.npz store).
+  assert config_lib.fingerprint(new) == _old_style_fingerprint({'tasks': {'family': family, 'kwargs': {},
+                                                                          'num_tasks': 2}})
+  # Other problems, or the same in another order, are another run.
+  assert config_lib.fingerprint(config_lib.loads(f'[tasks]\nproblems = {names[::-1]!r}'.replace("'", '"'))) != (
+      config_lib.fingerprint(config_lib.loads(f'[tasks]\nproblems = {names!r}'.replace("'", '"'))))
+
+
+def _old_style_fingerprint(data: dict) -> str:
+  """fingerprint() as it was before tasks.problems existed: the hash of every field of the config, as loaded."""
+  import hashlib
+  import json
+  config = config_lib.to_dict(config_lib.loads(''))
+  for section, values in data.items():
+    config[section].update(values)
+  del config['tasks']['problems'], config['tasks']['weights'], config['meta_optimizer']['weights']
+  fields = {k: v for k, v in config_lib._flatten(config).items()  # pylint: disable=protected-access
+            if k not in config_lib.RESUMABLE_FIELDS}
+  return hashlib.sha256(json.dumps(fields, sort_keys=True, default=repr).encode('utf-8')).hexdigest()
+
+
+def test_old_positional_group_weights_become_weights_by_name_with_the_same_fingerprint():
+  family = 'hrnn_training_set_v3'
+  names = legacy.LEGACY_PROBLEM_SETS[family]
+  positional = [1] * 15 + [4] * 4
+  old = config_lib.loads(f'[tasks]\nfamily = "{family}"\n[estimator]\nkwargs = {{unroll_length = 20, '
+                         f'group_weights = {positional}}}')
+  assert old.tasks.weights == {n: 4.0 for n in names[15:]} and old.estimator.kwargs == {'unroll_length': 20}
+  by_name = '\n'.join(f'"{n}" = 4' for n in names[15:])
+  new = config_lib.loads(f'[tasks]\nproblems = {list(names)!r}\n[tasks.weights]\n{by_name}\n'.replace("'", '"')
+                         + '[estimator]\nkwargs = {unroll_length = 20}')
+  assert new == old
+  expected = _old_style_fingerprint({'tasks': {'family': family, 'kwargs': {}},
+                                     'estimator': {'kwargs': {'unroll_length': 20, 'group_weights': positional}}})
+  assert config_lib.fingerprint(new) == config_lib.fingerprint(old) == expected
+  heavier = config_lib.loads(f'[tasks]\nproblems = {list(names)!r}\n'.replace("'", '"')
+                             + f'weights = {{"{names[-1]}" = 5}}\n[estimator]\nkwargs = {{unroll_length = 20}}')
+  assert config_lib.fingerprint(heavier) != expected
+
+
+def test_each_old_problem_set_has_one_structure_group_per_problem():
+  """What lets a positional group_weights list of the old spelling be read as weights by problem name."""
+  import tasks
+  from meta_train import structure_groups
+  for family, names in legacy.LEGACY_PROBLEM_SETS.items():
+    groups = structure_groups.group_indices([tasks.problem(n) for n in names])
+    assert groups == [[i] for i in range(len(names))], family
+
+
+CONFIGS_OF_RUNS = [(os.path.join(REPO, 'configs', os.path.basename(os.path.dirname(p)) + '.toml'),
+                    os.path.join(os.path.dirname(p), 'config.toml')) for p in COMMITTED_RUNS]
+
+
+@pytest.mark.parametrize('paths', [p for p in CONFIGS_OF_RUNS if os.path.exists(p[0])],
+                         ids=lambda p: os.path.basename(p[0]))
+def test_a_committed_runs_config_file_resumes_it(paths):
+  """``python -m meta_train configs/X.toml --out runs/X`` resumes runs/X: same fingerprint, and no field outside
+  RESUMABLE_FIELDS differs from its config.toml (which may still spell its problems the old way)."""
+  config, recorded = (config_lib.load(p) for p in paths)
+  assert config_lib.fingerprint(config) == config_lib.fingerprint(recorded)
+  assert not {k for k in config_lib.differences(recorded, config) if k not in config_lib.RESUMABLE_FIELDS}
+
+
+@pytest.mark.parametrize('name', ['hrnn_round3_pes_pilot', 'hrnn_shipped_v3'])
+def test_a_committed_runs_resume_npz_loads_with_its_config_file(name, monkeypatch):
+  """The meta-state of runs/X/resume.npz loads into the run that configs/X.toml builds (problems named as data;
+  hrnn_shipped_v3 also weighs them by name where its run's config.toml has a positional list)."""
+  import jax
+  from meta_train.run import resume_state, trainer
+  monkeypatch.chdir(REPO)
+  config = config_lib.load(os.path.join('configs', f'{name}.toml'))
+  trainer.prepare_output_dir(os.path.join('runs', name), config, write=False)
+  components = build.build(config)
+  shapes = jax.eval_shape(lambda k: trainer.init_state(components, k), jax.random.key(config.run.seed))
+  compact = resume_state.load(os.path.join('runs', name, resume_state.RESUME_FILE), shapes, config)
+  assert int(compact.step) > 0

@@ -224,6 +224,30 @@ def test_families_are_grouped_by_structure_and_each_group_has_num_tasks_instance
   assert set(np.unique(np.asarray(state.groups[0].family_index))) == {0, 1}
 
 
+def test_family_weights_give_each_family_its_share_whether_or_not_it_shares_a_group():
+  """A group weighs the sum of its members' weights; inside it, each instance draws its family by those weights."""
+  small, small_too, large = QuadraticFamily(dim=2), QuadraticFamily(dim=2, max_curvature=8.0), QuadraticFamily(dim=5)
+  estimator = TruncatedBackprop(StructureGroups(ARCH, [small, large, small_too], num_tasks=256, unroll_length=1,
+                                                family_weights=[3.0, 2.0, 1.0]))
+  np.testing.assert_allclose(estimator.group_weights, [4 / 6, 2 / 6])
+  first = estimator.groups.unrolls[0]
+  np.testing.assert_allclose(np.exp(first.family_log_weights), [3 / 4, 1 / 4], rtol=1e-6)
+  state = jax.jit(estimator.init)(jax.random.key(0), THETA)
+  share = float(np.mean(np.asarray(state.groups[0].family_index) == 0))
+  assert abs(share - 0.75) < 5 * np.sqrt(0.75 * 0.25 / 256), share
+  # Equal weights are the default, bitwise: the groups' weights and the draw inside each group.
+  plain = TruncatedBackprop(StructureGroups(ARCH, [small, large, small_too], num_tasks=4, unroll_length=1))
+  equal = TruncatedBackprop(StructureGroups(ARCH, [small, large, small_too], num_tasks=4, unroll_length=1,
+                                            family_weights=[0.1, 0.1, 0.1]))
+  np.testing.assert_array_equal(plain.group_weights, equal.group_weights)
+  for a, b in zip(plain.groups.unrolls, equal.groups.unrolls):
+    np.testing.assert_array_equal(a.family_log_weights, b.family_log_weights)
+  with pytest.raises(ValueError, match='group_weights or family_weights, not both'):
+    StructureGroups(ARCH, [small, large], num_tasks=2, group_weights=[1.0, 1.0], family_weights=[1.0, 1.0])
+  with pytest.raises(ValueError, match='family_weights: need 2 positive weights'):
+    StructureGroups(ARCH, [small, large], num_tasks=2, family_weights=[1.0, 0.0])
+
+
 def test_multi_task_estimator_is_the_weighted_sum_of_its_parts():
   one = TruncatedBackprop(StructureGroups(ARCH, QuadraticFamily(dim=2), num_tasks=2, unroll_length=3))
   two = TruncatedBackprop(StructureGroups(ARCH, QuadraticFamily(dim=4), num_tasks=2, unroll_length=3))

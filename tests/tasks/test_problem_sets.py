@@ -118,3 +118,46 @@ def test_every_member_initialises_and_evaluates_finite_non_negative():
   for name, key in zip(PROBLEMS.names(), jax.random.split(jax.random.PRNGKey(0), len(PROBLEMS))):
     loss, grad_ok = jax.jit(lambda k: _evaluate(PROBLEMS[name], k))(key)
     assert np.isfinite(loss) and loss >= 0 and grad_ok, (name, loss, grad_ok)
+
+
+# --- every named problem: tasks.PROBLEMS -------------------------------------------------------------------------
+
+
+def test_the_registry_holds_the_wichrowska_set_then_the_extra_problems():
+  import tasks
+  assert list(problem_sets.PROBLEMS) == list(PROBLEMS) + list(problem_sets.EXTRA_PROBLEMS)
+  assert tasks.PROBLEMS is problem_sets.PROBLEMS and len(tasks.PROBLEMS) == 101 + len(problem_sets.EXTRA_PROBLEMS)
+  # A looked-up family is built once and kept; a Wichrowska one is the set's problem.
+  assert tasks.problem('booth') is tasks.problem('booth')
+  assert type(tasks.problem('quadratic_20_noise0.5')) is type(PROBLEMS['quadratic_20_noise0.5'])
+  with pytest.raises(KeyError, match=r"no problem 'bowl_11'.*Did you mean \['bowl_1'"):
+    tasks.problem('bowl_11')
+
+
+def test_problem_set_keeps_the_given_order_and_refuses_duplicates_and_strings():
+  import tasks
+  names = ['mlp_relu_64x64_nf32_bs64', 'booth', 'quadratic_25']
+  chosen = tasks.problem_set(names, name='mine')
+  assert list(chosen) == names and chosen.name == 'mine' and chosen['booth'] is tasks.problem('booth')
+  with pytest.raises(ValueError, match='duplicate names'):
+    tasks.problem_set(['booth', 'booth'])
+  with pytest.raises(TypeError, match='not the string'):
+    tasks.problem_set('booth')
+  with pytest.raises(KeyError, match="no problem 'boot'"):
+    tasks.problem_set(['boot'])
+
+
+def test_the_library_exports_building_blocks_not_the_sets_of_past_runs():
+  import tasks
+  assert {'PROBLEMS', 'problem', 'problem_set', 'wichrowska2017', 'ProblemSet'} <= set(tasks.__all__)
+  assert not [n for n in dir(tasks) + dir(problem_sets) if 'training_set' in n or 'TRAINING_PROBLEMS' in n]
+
+
+@pytest.mark.parametrize('name', list(problem_sets.EXTRA_PROBLEMS))
+def test_every_extra_problem_traces_to_a_scalar_loss_on_generated_data(name):
+  family = problem_sets.PROBLEMS[name]
+  loss, _ = jax.eval_shape(lambda k: _evaluate(family, k), jax.random.PRNGKey(0))
+  assert loss.shape == () and loss.dtype == jnp.float32
+  dataset = getattr(family.task(family.sample(jax.random.PRNGKey(0))), 'dataset', None)
+  assert dataset is None or dataset.name.startswith('synthetic_images'), (name, dataset)
+  assert family.name == name  # the name says what the family builds (naming scheme of EXTRA_PROBLEMS)
