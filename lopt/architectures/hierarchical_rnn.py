@@ -126,6 +126,7 @@ class HierarchicalRNNState(NamedTuple):
 class _Layout(NamedTuple):
   """Static description of the flattened parameters (from shapes only, known at trace time)."""
   sizes: tuple[int, ...]
+  fan_ins: tuple[int, ...] = ()  # product of all but the last dimension; 1 for scalars and vectors
 
   @property
   def num_tensors(self) -> int:
@@ -138,7 +139,8 @@ class _Layout(NamedTuple):
   @classmethod
   def of(cls, leaves) -> '_Layout':
     sizes = tuple(int(math.prod(jnp.shape(x))) for x in leaves)
-    return cls(sizes)
+    fan_ins = tuple(int(math.prod(jnp.shape(x)[:-1])) if jnp.ndim(x) >= 2 else 1 for x in leaves)
+    return cls(sizes, fan_ins)
 
   def segment_mean(self, x: jax.Array) -> jax.Array:
     """Per-tensor means of a feature-major ``[F, N]`` block: ``[F, T]``; 0 for zero-size tensors.
@@ -214,6 +216,11 @@ class HierarchicalRNN(base.LearnedOptimizer):
       clip. An asymmetric clip bounds the rate from above without raising its floor: with ``step_scale='relative'``
       a rate ``exp(l + o)`` of 1 means steps as large as the weights, and an unbounded ``l`` can grow until the
       loss is non-finite where the gradients vanish (docs/algorithms.md §2.11). May be traced.
+    fan_in_reference: ``None`` (default) or a fan-in ``r``: a tensor of two or more dimensions whose fan-in ``n``
+      (the product of all but its last dimension) exceeds ``r`` has its upper clip lowered by ``log(n / r) / 2``.
+      A relative step that is coherent across a layer's inputs changes its outputs by about ``sqrt(n)`` times the
+      relative step, so one cap for every tensor is either too loose for wide layers or too tight for narrow ones
+      and for vectors (docs/algorithms.md §2.11).
     use_attention: the attention / lookahead of docs/algorithms.md §2.7 (adds 1 state float per parameter).
     global_input: ``'mean'`` (paper, default): the global GRU reads the mean over tensors of the tensor GRUs' states;
       ``'last'`` (released code): only the last tensor's.
@@ -242,6 +249,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
   lr_init_range: tuple[float, float] = (1e-6, 1e-2)
   max_log_lr: float = 33.0
   min_log_lr: float | None = None
+  fan_in_reference: int | None = None
   use_attention: bool = False
   global_input: str = 'mean'
   lr_init_seed: int = 0
@@ -282,6 +290,10 @@ class HierarchicalRNN(base.LearnedOptimizer):
           and not self.min_log_lr < self.max_log_lr):
         fail(f'min_log_lr must be below max_log_lr, got min_log_lr={self.min_log_lr!r}, '
              f'max_log_lr={self.max_log_lr!r}.')
+    if self.fan_in_reference is not None and (
+        not isinstance(self.fan_in_reference, int) or isinstance(self.fan_in_reference, bool)
+        or self.fan_in_reference < 1):
+      fail(f'fan_in_reference must be None or an int >= 1, got {self.fan_in_reference!r}.')
     if self.global_input not in _GLOBAL_INPUTS:
       fail(f"global_input must be 'mean' (paper: mean over tensors) or 'last' (released code: last tensor only), "
            f'got {self.global_input!r}.')
@@ -294,6 +306,12 @@ class HierarchicalRNN(base.LearnedOptimizer):
     """``(lower, upper)`` clip of the log learning rate."""
     lower = -self.max_log_lr if self.min_log_lr is None else self.min_log_lr
     return lower, self.max_log_lr
+
+  def _upper_clips(self, layout: _Layout) -> list:
+    """Each tensor's upper clip of ``l``: ``max_log_lr``, lowered for wide tensors (``fan_in_reference``)."""
+    if self.fan_in_reference is None:
+      return [self.max_log_lr] * layout.num_tensors
+    return [self.max_log_lr - 0.5 * math.log(max(n / self.fan_in_reference, 1.0)) for n in layout.fan_ins]
 
   @property
   def num_features(self) -> int:
@@ -364,7 +382,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
       element_key, tensor_key = jax.random.split(jax.random.fold_in(root, index))
       log_lrs.append(jax.random.uniform(element_key, (size,), jnp.float32, lo, hi)
                      + jax.random.uniform(tensor_key, (), jnp.float32, lo, hi))
-    log_lr = jnp.clip(layout.flatten(log_lrs), *self.log_lr_bounds)
+    lower = self.log_lr_bounds[0]
+    log_lr = layout.flatten([jnp.clip(v, lower, upper) for v, upper in zip(log_lrs, self._upper_clips(layout))])
     meta = meta_params
     return self._store(HierarchicalRNNState(
         count=jnp.zeros((), jnp.int32),
@@ -498,6 +517,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
 
     outputs = {k: [] for k in ('rms_decay', 'input_decay', 'log_lr', 'true_param', 'update')}
     tensor_inputs = []
+    upper_clips = self._upper_clips(layout)
     for index, ((start, stop), hidden) in enumerate(zip(layout._ranges(), hidden_pieces)):
       cols = slice(start, stop)
       readouts = all_readouts[:, cols]
@@ -510,7 +530,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
       directions = directions / jnp.sqrt(base.safe_mean(directions ** 2, axis=1, keepdims=True) + _RMS_EPS)
 
       log_lr_prev = state.log_lr[cols]
-      log_lr_step = _straight_through_clip(log_lr_prev + readouts[3] + meta['log_lr']['bias'], *self.log_lr_bounds)
+      log_lr_step = _straight_through_clip(log_lr_prev + readouts[3] + meta['log_lr']['bias'], self.log_lr_bounds[0],
+                                           upper_clips[index])
       step_size = jnp.exp(log_lr_step)
       if self.step_scale == 'relative':
         step_size = step_size * jnp.maximum(jnp.sqrt(base.safe_mean(params_flat[cols] ** 2)),

@@ -110,6 +110,28 @@ def test_asymmetric_clip_bounds_the_log_learning_rate_from_above_only():
                              rtol=1e-6)
 
 
+def test_fan_in_reference_lowers_the_upper_clip_of_wide_tensors_only():
+  # Upper clip log(1e-2) = -4.6 against initial rates of 0.1..1: every element starts at its tensor's clip.
+  # The [256, 3] kernel (fan-in 256 = 16 x 16) is lowered by log(16) / 2; the [8, 3] kernel and the vector are not.
+  params = {'wide': jnp.ones((256, 3)), 'narrow': jnp.ones((8, 3)), 'bias': jnp.ones((3,))}
+  opt = HierarchicalRNN(lr_init_range=(0.1, 1.0), max_log_lr=math.log(1e-2), min_log_lr=-33.0,
+                        fan_in_reference=16)
+  meta = opt.init(jax.random.PRNGKey(0))
+  tx = opt.transform(meta)
+  state = tx.init(params)
+  sizes = {'bias': 3, 'narrow': 24, 'wide': 768}  # flat layout: leaves in sorted key order
+  offsets = np.cumsum([0, sizes['bias'], sizes['narrow'], sizes['wide']])
+  expected = {'bias': math.log(1e-2), 'narrow': math.log(1e-2), 'wide': math.log(1e-2) - 0.5 * math.log(16.0)}
+  for (name, clip), start, stop in zip(expected.items(), offsets[:-1], offsets[1:]):
+    np.testing.assert_allclose(np.asarray(state.log_lr[start:stop], np.float32), clip, rtol=1e-6, err_msg=name)
+  grads = jax.tree.map(lambda x: 0.1 * x, params)
+  for _ in range(2):
+    _, state = tx.update(grads, state, params)
+  assert float(jnp.max(state.log_lr[offsets[2]:])) <= expected['wide'] + 1e-5
+  with pytest.raises(ValueError, match='fan_in_reference'):
+    HierarchicalRNN(fan_in_reference=0)
+
+
 def test_config_round_trip_and_defaults():
   opt = HierarchicalRNN()
   assert HierarchicalRNN.from_config(opt.config()) == opt
