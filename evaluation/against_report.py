@@ -48,7 +48,7 @@ def compare(report: dict, candidates: dict[str, harness.OptimizerSpec], suite: s
   table = {}
   for name in names:
     stored = entries[name]
-    entry = _suite_entry(suite, name, stored['num_steps'])
+    entry = cli.build_suite(suite, [name], stored['num_steps'])[0]
     results = {k: dict(v) for k, v in stored['results'].items()}
     for cand, spec in candidates.items():
       run = harness.run_optimizer(entry.task, spec, entry.num_steps, seeds=report['seeds'],
@@ -59,14 +59,6 @@ def compare(report: dict, candidates: dict[str, harness.OptimizerSpec], suite: s
     print(f'{name}: ' + ', '.join(f'{c} {results[c]["final_loss"]:.4g}' for c in candidates), file=sys.stderr,
           flush=True)
   return table
-
-
-def _suite_entry(suite: str, name: str, num_steps: int) -> harness.SuiteEntry:
-  if suite == 'validation':
-    from evaluation import validation  # pylint: disable=import-outside-toplevel
-    return validation.validation_suite([name], num_steps=num_steps)[0]
-  from evaluation import heldout  # pylint: disable=import-outside-toplevel
-  return heldout.heldout_suite([name], num_steps=num_steps)[0]
 
 
 def summary(table: dict, candidates: Sequence[str]) -> dict:
@@ -143,18 +135,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _guess_suite(report: dict) -> str:
   names = {t['name'] for t in report['tasks']}
-  for suite in cli.SUITES:
-    if names <= set(_task_names(suite)):
+  for suite, module in cli.SUITES.items():
+    if names <= set(module.ALL_TASKS):
       return suite
   raise SystemExit('cannot tell the report\'s suite from its task names: pass --suite.')
-
-
-def _task_names(suite: str) -> list[str]:
-  if suite == 'validation':
-    from evaluation import validation  # pylint: disable=import-outside-toplevel
-    return list(validation.ALL_TASKS)
-  from evaluation import heldout  # pylint: disable=import-outside-toplevel
-  return list(heldout.ALL_TASKS)
 
 
 def _json_number(x):

@@ -288,20 +288,23 @@ def summary_data(report: harness.Report, reference: str = REFERENCE) -> list[Rat
     for t in report.tasks:
       mine, ref = t.results[name].final_loss, t.results[reference].final_loss
       task = t.entry.name
-      if not math.isfinite(ref):
-        undefined.append(task)
-        reasons[task] = 'tuned Adam diverged'
-      elif ref <= 0:
-        undefined.append(task)
-        reasons[task] = "tuned Adam's final loss is 0" if ref == 0 else "tuned Adam's final loss is negative"
-      elif not math.isfinite(mine):
+      ratio = harness.log10_ratio(mine, ref)  # the ratio report.md's IQM uses, so the two agree task by task
+      if math.isfinite(ratio):
+        finite[task] = ratio
+      elif ratio == math.inf:
         diverged.append(task)
         reasons[task] = 'diverged'
-      elif mine <= 0:
-        (zero if mine == 0 else undefined).append(task)
-        reasons[task] = 'final loss 0' if mine == 0 else 'negative final loss'
+      elif ratio == -math.inf:
+        zero.append(task)
+        reasons[task] = 'final loss 0'
       else:
-        finite[task] = math.log10(mine / ref)
+        undefined.append(task)
+        if not math.isfinite(ref):
+          reasons[task] = 'tuned Adam diverged'
+        elif ref <= 0:
+          reasons[task] = "tuned Adam's final loss is 0" if ref == 0 else "tuned Adam's final loss is negative"
+        else:
+          reasons[task] = 'negative final loss'
     rows.append(RatioRow(name, optimizer_label(name), finite, diverged, zero, undefined,
                          report.log_ratio_iqm(name, reference), reasons))
   return rows

@@ -76,7 +76,9 @@ def _injectable_fields(cls: type[base.LearnedOptimizer]) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=64)
-def _meta_signature(architecture: base.LearnedOptimizer):
+def meta_signature(architecture: base.LearnedOptimizer):
+  """The tree structure, shapes and dtypes of ``architecture``'s meta-parameters: equal signatures mean the same
+  meta-parameters fit both."""
   shapes = jax.eval_shape(architecture.init, jax.random.PRNGKey(0))
   return jax.tree.structure(shapes), tuple((s.shape, s.dtype) for s in jax.tree.leaves(shapes))
 
@@ -121,9 +123,9 @@ def _shipped_or_initial(cls, factory_name: str, meta_params, overrides: dict) ->
   shipped, shipped_meta = load_pretrained(cls.name)
   # Traced values cannot change shapes (shapes are static), so the check uses the static overrides only.
   requested = dataclasses.replace(shipped, **static)
-  if _meta_signature(requested) != _meta_signature(shipped):
-    culprits = [k for k in static if _meta_signature(dataclasses.replace(shipped, **{k: static[k]}))
-                != _meta_signature(shipped)] or sorted(static)
+  if meta_signature(requested) != meta_signature(shipped):
+    culprits = [k for k in static if meta_signature(dataclasses.replace(shipped, **{k: static[k]}))
+                != meta_signature(shipped)] or sorted(static)
     given = ', '.join(f'{k}={static[k]!r}' for k in culprits)
     every = ', '.join(f'{k}={v!r}' for k, v in static.items())
     raise ValueError(

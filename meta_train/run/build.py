@@ -474,8 +474,7 @@ def build_learned_meta_optimizer(cfg: config_lib.MetaOptimizerConfig) -> optax.G
     requested = dataclasses.replace(architecture, **kwargs)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config field meta_optimizer.kwargs: {e}') from e
-  shapes = lambda arch: jax.tree.map(lambda x: (x.shape, x.dtype), jax.eval_shape(arch.init, jax.random.key(0)))
-  if shapes(requested) != shapes(architecture):
+  if pretrained.meta_signature(requested) != pretrained.meta_signature(architecture):
     raise ConfigError(f'config field meta_optimizer.kwargs: {cfg.kwargs!r} changes the shapes of the '
                       f'meta-parameters of {type(architecture).__name__}, so {source} cannot run it; keep to '
                       'hyperparameters that leave the weights\' shapes alone (step sizes, clips, state_dtype).')
