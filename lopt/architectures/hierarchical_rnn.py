@@ -48,7 +48,8 @@ Implementation notes.
   direction RMS and the tensor GRU's inputs are per-tensor reductions, and each update is produced in its tensor's own
   shape (the program grows linearly with the number of tensors, not with their size). The per-parameter state is
   stored in the flat layout: 21 floats per parameter (``h`` 10, two decays, log learning rate, 4 momenta, 4 mean
-  squares; +1 for the true parameter with attention), plus 20 floats per tensor and 20 global.
+  squares; +1 for the true parameter with attention), plus 21 floats per tensor (the tensor GRU's 20 and the
+  initial scale) and 20 global.
 * The GRU cell is ``flax.linen.GRUCell``'s (see :mod:`lopt.gru` for how it differs from the TF ``BiasGRUCell``).
 * Per-parameter learning-rate initialisation (docs/algorithms.md §2.8) is random but ``optax``'s ``init(params)``
   takes no key: it is drawn from ``fold_in(PRNGKey(lr_init_seed), leaf_index)``, so it is deterministic given the
@@ -121,6 +122,7 @@ class HierarchicalRNNState(NamedTuple):
   true_param: jax.Array  # [N] with attention, else [0]
   tensor_hidden: jax.Array  # [T, H1] tensor-GRU states
   global_hidden: jax.Array  # [H2] global-GRU state
+  initial_scale: jax.Array  # [T] max(rms(theta_0), relative_step_floor) per tensor, for max_scale_growth
 
 
 class _Layout(NamedTuple):
@@ -234,6 +236,13 @@ class HierarchicalRNN(base.LearnedOptimizer):
       by three times its own weights on its first step. No meta-parameter changes shape.
     relative_step_floor: the smallest parameter RMS ``'relative'`` scales by, so tensors at zero (biases at
       initialisation) still move.
+    max_scale_growth: ``None`` (default) or ``kappa > 0``, with ``step_scale='relative'`` only: the RMS a tensor's
+      step is scaled by is at most ``kappa`` times its value at initialisation (both floored), so
+      ``scale = min(max(rms(theta), floor), kappa max(rms(theta_0), floor))``. Relative steps feed back on
+      themselves: a step proportional to the weights that keeps its sign makes them grow geometrically, by a factor
+      ``1 + exp(l + o)`` per step, which at the upper clip of ``l`` is unbounded within a few hundred steps
+      (measured: a ConvNet's output layer from RMS 0.29 to 160, then a non-finite loss; docs/algorithms.md §2.11).
+      Above ``kappa`` times its initial RMS a tensor's steps stop growing with it, so growth is at most linear.
     state_dtype: dtype of the per-parameter state (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`): ``h``, the
       decays, ``l``, the momenta and mean squares. The attention's ``true_param`` stays float32: it is a copy of the
       parameters, not a statistic, and rounding it would move the parameters by up to 2^-9 of their value per step.
@@ -255,6 +264,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
   lr_init_seed: int = 0
   step_scale: str = 'absolute'
   relative_step_floor: float = 1e-2
+  max_scale_growth: float | None = None
   state_dtype: str = 'float32'
 
   def __post_init__(self):
@@ -300,6 +310,14 @@ class HierarchicalRNN(base.LearnedOptimizer):
     if not isinstance(self.lr_init_seed, int) or isinstance(self.lr_init_seed, bool):
       fail(f'lr_init_seed must be an int, got {self.lr_init_seed!r}.')
     base.check_step_scale(self.step_scale, self.relative_step_floor, 'HierarchicalRNN')
+    if self.max_scale_growth is not None:
+      if self.step_scale != 'relative':
+        fail(f"max_scale_growth bounds the scale of relative steps; it needs step_scale='relative' (got "
+             f"step_scale={self.step_scale!r}): set step_scale='relative' or max_scale_growth=None.")
+      if not base.is_traced(self.max_scale_growth) and not (is_finite_number(self.max_scale_growth)
+                                                            and self.max_scale_growth > 0):
+        fail(f'max_scale_growth must be None or a finite number > 0 (a multiple of the initial parameter RMS), '
+             f'got {self.max_scale_growth!r}.')
 
   @property
   def log_lr_bounds(self) -> tuple[float, float]:
@@ -398,7 +416,12 @@ class HierarchicalRNN(base.LearnedOptimizer):
         tensor_hidden=jnp.broadcast_to(jnp.asarray(meta['tensor_hidden_init'], jnp.float32), (t, h1)),
         # A copy: the state may be donated to a jitted step, which must not delete the meta-parameters' buffer.
         global_hidden=jnp.array(meta['global_hidden_init'], jnp.float32, copy=True),
+        initial_scale=jnp.stack([self._tensor_scale(leaf) for leaf in leaves]) if leaves else jnp.zeros((0,)),
     ))
+
+  def _tensor_scale(self, param: jax.Array) -> jax.Array:
+    """``max(rms(param), relative_step_floor)``: what a relative step is proportional to."""
+    return jnp.maximum(jnp.sqrt(base.safe_mean(param ** 2)), self.relative_step_floor)
 
   def _load(self, state: HierarchicalRNNState) -> HierarchicalRNNState:
     """The stored state with its per-parameter arrays as float32 (``state_dtype``; no-op for float32)."""
@@ -534,8 +557,10 @@ class HierarchicalRNN(base.LearnedOptimizer):
                                            upper_clips[index])
       step_size = jnp.exp(log_lr_step)
       if self.step_scale == 'relative':
-        step_size = step_size * jnp.maximum(jnp.sqrt(base.safe_mean(params_flat[cols] ** 2)),
-                                            self.relative_step_floor)
+        scale = self._tensor_scale(params_flat[cols])
+        if self.max_scale_growth is not None:
+          scale = jnp.minimum(scale, self.max_scale_growth * state.initial_scale[index])
+        step_size = step_size * scale
       step = -step_size * jnp.exp(meta['step_size_offset']) * directions[0]
       if self.use_attention:
         outputs['true_param'].append(state.true_param[cols] + step)
@@ -570,5 +595,6 @@ class HierarchicalRNN(base.LearnedOptimizer):
         true_param=flat('true_param', state.true_param) if self.use_attention else state.true_param,
         tensor_hidden=tensor_hidden,
         global_hidden=global_hidden,
+        initial_scale=state.initial_scale,
     )
     return outputs['update'], new_state

@@ -263,7 +263,7 @@ def test_state_floats_per_parameter(use_attention, per_param):
   n, t = 1207, 2
   assert opt.state_floats_per_parameter() == per_param
   floats = sum(v.size for v in jax.tree.leaves(state) if v.dtype == jnp.float32)
-  assert floats == per_param * n + 20 * t + 20
+  assert floats == per_param * n + 21 * t + 20  # per tensor: the tensor GRU's 20 and the initial scale
   assert all(v.dtype in (jnp.float32, jnp.int32) for v in jax.tree.leaves(state))
 
 
@@ -457,3 +457,58 @@ def test_step_scale_and_floor_are_checked():
     HierarchicalRNN(step_scale='adaptive')
   with pytest.raises(ValueError, match='relative_step_floor must be a finite number > 0'):
     HierarchicalRNN(step_scale='relative', relative_step_floor=0.0)
+
+
+def test_max_scale_growth_caps_the_relative_scale_at_a_multiple_of_the_initial_rms():
+  """With max_scale_growth=k a relative step is scaled by min(rms(theta), k rms(theta_0)) (both floored): parameters
+  grown by 10x since init (the state made at theta_0) get steps k/10 of the uncapped ones; parameters that have not
+  grown past k get exactly the uncapped steps; a tensor at zero keeps the floor."""
+  uncapped = HierarchicalRNN(lr_init_range=(1e-3, 1e-3), step_scale='relative')
+  capped = HierarchicalRNN(lr_init_range=(1e-3, 1e-3), step_scale='relative', max_scale_growth=2.0)
+  meta = uncapped.init(jax.random.PRNGKey(0))
+  grads = {'w': jnp.array([[0.3, -1.0], [2.0, 0.5]]), 'b': jnp.array([0.1, -0.2])}
+  initial = {'w': jnp.array([[1.0, -2.0], [0.5, 3.0]]), 'b': jnp.zeros(2)}
+
+  def update(arch, params):
+    tx = arch.transform(meta)
+    return tx.update(grads, tx.init(initial), params)[0]
+
+  for growth, expected_ratio in ((1.5, 1.0), (10.0, 2.0 / 10.0)):
+    params = {'w': growth * initial['w'], 'b': initial['b']}
+    got, reference = update(capped, params), update(uncapped, params)
+    # Only the scalar factor differs, so the ratio is exact up to float32 rounding of one multiply.
+    np.testing.assert_allclose(got['w'], expected_ratio * reference['w'], rtol=1e-6)
+    np.testing.assert_array_equal(got['b'], reference['b'])
+
+
+def test_max_scale_growth_bounds_the_geometric_growth_of_coherent_relative_steps():
+  """A loss whose gradient always points along -theta makes relative steps grow theta geometrically (each step is a
+  fixed fraction of it); with max_scale_growth the growth becomes linear. 300 steps at the clip l = -2."""
+  def loss(theta):
+    return -jnp.sum(theta)  # gradient -1 everywhere: every step pushes theta up by its own relative step
+
+  def final_rms(arch):
+    tx = arch.transform(arch.init(jax.random.PRNGKey(0)))
+    theta = jnp.full((16,), 0.1)
+    state = tx.init(theta)
+    for _ in range(300):
+      updates, state = tx.update(jax.grad(loss)(theta), state, theta)
+      theta = theta + updates
+    return float(jnp.sqrt(jnp.mean(theta ** 2)))
+
+  common = dict(lr_init_range=(0.1, 0.1), max_log_lr=-2.0, min_log_lr=-33.0, step_scale='relative')
+  uncapped = final_rms(HierarchicalRNN(**common))
+  capped = final_rms(HierarchicalRNN(**common, max_scale_growth=2.0))
+  # Each step moves theta by at most exp(-2 + o) (o = -1 at init: 5% of its RMS); uncapped that compounds to
+  # (1.05)^300 ~ 2e6 if every step hits the clip; capped, steps are at most 5% of 2 x 0.1, so theta's RMS can grow by
+  # at most 300 x 0.01 = 3 above its start.
+  assert capped <= 0.1 + 300 * 0.01 * 1.01
+  assert uncapped > 100 * capped
+
+
+def test_max_scale_growth_is_checked():
+  with pytest.raises(ValueError, match="needs step_scale='relative'"):
+    HierarchicalRNN(max_scale_growth=2.0)
+  for bad in (0.0, -1.0, float('nan'), float('inf')):
+    with pytest.raises(ValueError, match='max_scale_growth must be None or a finite number > 0'):
+      HierarchicalRNN(step_scale='relative', max_scale_growth=bad)
