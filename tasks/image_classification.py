@@ -69,21 +69,73 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+#: How :class:`ConvNet` computes its convolutions (the same function and parameters either way).
+CONV_IMPLS = ('lax', 'patches')
+
+
+class PatchConv(nn.Module):
+  """``nn.Conv(features, (k, k), strides=(2, 2), padding='SAME')`` as image patches times the kernel.
+
+  Same parameters (``kernel [k, k, in, features]``, ``bias [features]``) and the same function as the Flax layer, up
+  to float rounding: ``y = patches(x) @ reshape(kernel) + bias``, where ``patches`` (:func:`stride2_patches`) gathers
+  each output position's ``k x k x in`` receptive field.
+
+  Why: meta-training ``vmap``s a task over instances that each have their own kernel. A vmapped ``lax.conv`` becomes
+  one *grouped* convolution (a group per instance), which XLA's CPU backend runs far slower than the same FLOPs as a
+  matmul; here the patches depend only on the (batched) input, and the kernel product becomes a batched matmul
+  (``benchmarks/vmapped_conv.py`` measures both).
+  """
+  features: int
+  kernel_size: int = 3
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    return stride2_patches(x, k) @ kernel.reshape(-1, self.features) + bias
+
+
+def stride2_patches(x: jax.Array, k: int) -> jax.Array:
+  """``[batch, H, W, C] -> [batch, ceil(H/2), ceil(W/2), k * k * C]``: the ``k x k`` receptive field of each output of
+  a stride-2 'SAME' convolution, features ordered (row, column, channel) like a ``[k, k, C, F]`` kernel's rows.
+
+  Built from ``k * k`` strided slices of the padded input (XLA's padding rule for 'SAME': the extra pixel, if any,
+  goes after): copies, no arithmetic. ``jax.lax.conv_general_dilated_patches`` computes the same thing as a
+  convolution with a one-hot kernel, about 10x slower on CPU.
+  """
+  def pads(size):
+    out = -(-size // 2)
+    total = max((out - 1) * 2 + k - size, 0)
+    return (total // 2, total - total // 2), out
+  (pad_h, out_h), (pad_w, out_w) = pads(x.shape[1]), pads(x.shape[2])
+  padded = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+  slices = [padded[:, i:i + 2 * (out_h - 1) + 1:2, j:j + 2 * (out_w - 1) + 1:2, :] for i in range(k) for j in range(k)]
+  return jnp.concatenate(slices, axis=-1)
+
+
 class ConvNet(nn.Module):
   """3x3 convolutions with stride 2 ('SAME' padding) per channel count, global average pooling, a linear head.
 
   Stride 2 instead of pooling keeps the net small and fast on CPU: 28x28 -> 14 -> 7 -> 4 over three layers.
+  ``conv_impl='patches'`` computes each convolution as :class:`PatchConv` (same parameters, same function): use it
+  for tasks that are ``vmap``ped over instances with their own weights, as in meta-training.
   """
   channels: Sequence[int]
   num_classes: int
   activation: Callable[[jax.Array], jax.Array]
   kernel_size: int = 3
+  conv_impl: str = 'lax'
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     x = images[..., None]  # [batch, height, width, 1]
-    for features in self.channels:
-      x = nn.Conv(features, (self.kernel_size, self.kernel_size), strides=(2, 2), padding='SAME')(x)
+    for index, features in enumerate(self.channels):
+      if self.conv_impl == 'patches':
+        # Named as nn.Conv would be, so both implementations have the same parameter tree.
+        x = PatchConv(features, self.kernel_size, name=f'Conv_{index}')(x)
+      else:
+        x = nn.Conv(features, (self.kernel_size, self.kernel_size), strides=(2, 2), padding='SAME')(x)
       x = self.activation(x)
     return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
 
@@ -227,13 +279,20 @@ def mlp_task(dataset: str | datasets_lib.ImageDataset = 'fashion_mnist', hidden_
 
 def conv_task(dataset: str | datasets_lib.ImageDataset = 'fashion_mnist', channels: Sequence[int] = (16, 32, 32),
               activation: str | Callable = 'relu', batch_size: int = 128,
-              data_dir: str | os.PathLike | None = None) -> ImageClassificationTask:
-  """A small ConvNet classifier task (see :class:`ConvNet`); ``dataset`` is a name or a loaded dataset."""
+              data_dir: str | os.PathLike | None = None, conv_impl: str = 'lax') -> ImageClassificationTask:
+  """A small ConvNet classifier task (see :class:`ConvNet`); ``dataset`` is a name or a loaded dataset.
+
+  ``conv_impl='patches'`` for tasks vmapped over instances (meta-training): the same network, computed as a batched
+  matmul instead of a grouped convolution (:class:`PatchConv`).
+  """
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl must be one of {CONV_IMPLS} ('patches' for tasks vmapped over instances), got "
+                     f'{conv_impl!r}.')
   data = datasets_lib.load_dataset(dataset, data_dir) if isinstance(dataset, str) else dataset
   channels = tuple(int(c) for c in channels)
   if not channels or any(c < 1 for c in channels):
     raise ValueError(f'channels must be a non-empty sequence of positive counts, got {channels}.')
-  model = ConvNet(channels, data.num_classes, get_activation(activation))
+  model = ConvNet(channels, data.num_classes, get_activation(activation), conv_impl=conv_impl)
   return ImageClassificationTask(
       data, model, batch_size,
       name=f'{data.name}_conv_{"x".join(map(str, channels))}_{_activation_name(activation)}_bs{batch_size}')

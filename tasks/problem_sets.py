@@ -242,6 +242,15 @@ def _synthetic_images_mlp(size: int, hidden: tuple[int, ...], activation: str, b
                                            batch_size=batch_size))
 
 
+def _synthetic_images_conv(size: int, channels: tuple[int, ...], activation: str, batch_size: int) -> base.TaskFamily:
+  """A ConvNet classifier on the generated ``size`` x ``size`` images (one fixed task), with the patch convolution
+  (``conv_impl='patches'``): meta-training vmaps it over instances, where Flax's convolution becomes a grouped one."""
+  from tasks import image_classification as ic  # pylint: disable=import-outside-toplevel  (pulls in flax)
+  from tasks import datasets  # pylint: disable=import-outside-toplevel  (pulls in jax device arrays)
+  return base.SingleTaskFamily(ic.conv_task(datasets.load_synthetic_images(size=size), channels, activation,
+                                            batch_size=batch_size, conv_impl='patches'))
+
+
 def _synthetic_images_autoencoder(hidden: tuple[int, ...], activation: str, batch_size: int) -> base.TaskFamily:
   """An MLP autoencoder of the generated 16x16 images of :mod:`tasks.synthetic_images` (one fixed task)."""
   from tasks import autoencoder  # pylint: disable=import-outside-toplevel  (pulls in flax)
@@ -257,9 +266,10 @@ def _synthetic_images_autoencoder(hidden: tuple[int, ...], activation: str, batc
 #:
 #: ``synthetic_images[_{s}px]_mlp_{h1}x{h2}..._{activation}_bs{b}`` is an MLP classifier on the s x s generated
 #: images (16 when absent), batch b; ``mlp_relu_..._nf{f}_bs{b}`` a ReLU MLP on ReLU-teacher labels of f features
-#: (:class:`tasks.MLPClassifierFamily`); ``synthetic_images_autoencoder_...`` an MLP autoencoder of the 16x16 images.
-#: (No ConvNet: a convolution vmapped over task instances becomes a grouped convolution, slow on CPU next to an MLP
-#: of the same size; docs/benchmarks.md.)
+#: (:class:`tasks.MLPClassifierFamily`); ``synthetic_images_autoencoder_...`` an MLP autoencoder of the 16x16 images;
+#: ``synthetic_images_conv_{c1}x{c2}..._{activation}_bs{b}`` a stride-2 ConvNet on the 16x16 images, its convolutions
+#: computed as patches times kernels (``conv_impl='patches'``: vmapped over instances, Flax's convolution becomes a
+#: grouped convolution, 3-4x slower on CPU; ``benchmarks/vmapped_conv.py``).
 EXTRA_PROBLEMS: dict[str, Callable[[], base.TaskFamily]] = {
     'synthetic_images_mlp_32_relu_bs64': lambda: _synthetic_images_mlp(16, (32,), 'relu', 64),
     'synthetic_images_mlp_32x32_relu_bs32': lambda: _synthetic_images_mlp(16, (32, 32), 'relu', 32),
@@ -269,6 +279,7 @@ EXTRA_PROBLEMS: dict[str, Callable[[], base.TaskFamily]] = {
     'synthetic_images_mlp_256x256_relu_bs64': lambda: _synthetic_images_mlp(16, (256, 256), 'relu', 64),
     'synthetic_images_mlp_64_tanh_bs64': lambda: _synthetic_images_mlp(16, (64,), 'tanh', 64),
     'synthetic_images_autoencoder_64x16x64_relu_bs64': lambda: _synthetic_images_autoencoder((64, 16, 64), 'relu', 64),
+    'synthetic_images_conv_16x32x32_relu_bs32': lambda: _synthetic_images_conv(16, (16, 32, 32), 'relu', 32),
 }
 
 
