@@ -102,7 +102,7 @@ def stride2_patches(x: jax.Array, k: int) -> jax.Array:
 
   Built from ``k * k`` strided slices of the padded input (XLA's padding rule for 'SAME': the extra pixel, if any,
   goes after): copies, no arithmetic. ``jax.lax.conv_general_dilated_patches`` computes the same thing as a
-  convolution with a one-hot kernel, about 10x slower on CPU.
+  convolution with a one-hot kernel, 10-20x slower on CPU (measured with jax 0.10.2).
   """
   def pads(size):
     out = -(-size // 2)

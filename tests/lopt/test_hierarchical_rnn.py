@@ -483,7 +483,8 @@ def test_max_scale_growth_caps_the_relative_scale_at_a_multiple_of_the_initial_r
 
 def test_max_scale_growth_bounds_the_geometric_growth_of_coherent_relative_steps():
   """A loss whose gradient always points along -theta makes relative steps grow theta geometrically (each step is a
-  fixed fraction of it); with max_scale_growth the growth becomes linear. 300 steps at the clip l = -2."""
+  fixed fraction of it); with max_scale_growth the growth becomes linear. 300 steps at l = log 0.1 (the initial value;
+  the untrained rule's learning-rate readout is zero, so l stays there)."""
   def loss(theta):
     return -jnp.sum(theta)  # gradient -1 everywhere: every step pushes theta up by its own relative step
 
@@ -499,9 +500,9 @@ def test_max_scale_growth_bounds_the_geometric_growth_of_coherent_relative_steps
   common = dict(lr_init_range=(0.1, 0.1), max_log_lr=-2.0, min_log_lr=-33.0, step_scale='relative')
   uncapped = final_rms(HierarchicalRNN(**common))
   capped = final_rms(HierarchicalRNN(**common, max_scale_growth=2.0))
-  # Each step moves theta by at most exp(-2 + o) (o = -1 at init: 5% of its RMS); uncapped that compounds to
-  # (1.05)^300 ~ 2e6 if every step hits the clip; capped, steps are at most 5% of 2 x 0.1, so theta's RMS can grow by
-  # at most 300 x 0.01 = 3 above its start.
+  # Each step moves theta by exp(l + o) = 0.1 x e^-1 (o = -1 at init), under 4% of its RMS; uncapped that compounds
+  # towards (1.037)^300 ~ 5e4 when every step keeps its sign; capped, steps are at most 4% of 2 x 0.1 < 0.01, so theta's
+  # RMS can grow by at most 300 x 0.01 = 3 above its start.
   assert capped <= 0.1 + 300 * 0.01 * 1.01
   assert uncapped > 100 * capped
 
