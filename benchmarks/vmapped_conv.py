@@ -7,8 +7,8 @@ gradient of the training loss, vmapped over ``--instances`` instances, for both 
 gradient of one instance for reference.
 
 Setting: the validation suite's ConvNet shape (channels 8, 16, 16, stride 2, 3x3 kernels) on the generated 16x16
-images of :mod:`tasks.synthetic_images`, batch 64 (the meta-training problem ``synthetic_images_conv_8x16x16_relu_bs64``),
-and the 28x28 version. Each program is jitted and run once before timing; the two implementations run in
+images of :mod:`tasks.synthetic_images`, batch 64, and the 28x28 version (the meta-training problem
+``synthetic_images_conv_16x32x32_relu_bs32`` is twice as wide, with batch 32). Each program is jitted and run once before timing; the two implementations run in
 interleaved blocks so that load which comes and goes on a shared machine is spread over both. Reported: the median
 over ``--calls`` calls, in milliseconds, and the ratio of the Flax time to the patch time (above 1: patches faster).
 

@@ -143,7 +143,8 @@ def test_init_kernels_are_lecun_normal_and_biases_zero():
   assert not np.array_equal(np.asarray(jax.jit(task.init)(jax.random.key(1))['Dense_0']['kernel']), kernels[0])
 
 
-@pytest.mark.parametrize('size', [8, 7, 28])  # even, odd (SAME pads one pixel after), and Fashion-MNIST's 28 -> 14 -> 7 -> 4
+# Even, odd (SAME pads one pixel after), and Fashion-MNIST's 28 -> 14 -> 7 -> 4.
+@pytest.mark.parametrize('size', [8, 7, 28])
 def test_patch_convolution_is_the_flax_convolution(size):
   """conv_impl='patches' computes the same network as nn.Conv from the same parameter tree: logits and gradients
   agree to float32 rounding (the same products, summed in another order: rtol 1e-5 of each tensor's largest value)."""
