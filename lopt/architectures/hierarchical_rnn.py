@@ -54,7 +54,7 @@ Implementation notes.
 * Per-parameter learning-rate initialisation (docs/algorithms.md §2.8) is random but ``optax``'s ``init(params)``
   takes no key: it is drawn from ``fold_in(PRNGKey(lr_init_seed), leaf_index)``, so it is deterministic given the
   config and the order of the (non-None) leaves. ``l = U(log(lo)/2, log(hi)/2)`` per element plus one draw from the
-  same range per tensor, then clipped to ``[min_log_lr, max_log_lr]``: a triangular distribution on
+  same range per tensor, then clipped to the tensor's ``[min_log_lr, max_log_lr]``: a triangular distribution on
   ``[log lo, log hi]``.
 * ``value`` (the loss) and any other keyword are accepted and ignored: this architecture does not read the loss.
 * Speed: most of the update's cost is the parameter GRU, which is compute-bound on CPU (its ``[40, 22] @ [22, N]``
@@ -217,12 +217,15 @@ class HierarchicalRNN(base.LearnedOptimizer):
     min_log_lr: lower clip of the log learning rate; ``None`` (default) is ``-max_log_lr``, the paper's symmetric
       clip. An asymmetric clip bounds the rate from above without raising its floor: with ``step_scale='relative'``
       a rate ``exp(l + o)`` of 1 means steps as large as the weights, and an unbounded ``l`` can grow until the
-      loss is non-finite where the gradients vanish (docs/algorithms.md §2.11). May be traced.
+      loss is non-finite where the gradients vanish (docs/algorithms.md §2.11). A raised floor is the opposite
+      bound: meta-trained rates fall by 1e2-1e4 once the loss flattens (the short-horizon bias of meta-training),
+      and a floor keeps every relative step at least ``exp(min_log_lr + o)`` of its tensor's RMS (lowered for wide
+      tensors with ``fan_in_reference``; release 5 ships ``-6``, docs/algorithms.md §2.11). May be traced.
     fan_in_reference: ``None`` (default) or a fan-in ``r``: a tensor of two or more dimensions whose fan-in ``n``
-      (the product of all but its last dimension) exceeds ``r`` has its upper clip lowered by ``log(n / r) / 2``.
-      A relative step that is coherent across a layer's inputs changes its outputs by about ``sqrt(n)`` times the
-      relative step, so one cap for every tensor is either too loose for wide layers or too tight for narrow ones
-      and for vectors (docs/algorithms.md §2.11).
+      (the product of all but its last dimension) exceeds ``r`` has both clips of ``l`` lowered by
+      ``log(n / r) / 2``. A relative step that is coherent across a layer's inputs changes its outputs by about
+      ``sqrt(n)`` times the relative step, so one cap (or floor) for every tensor is either too loose for wide layers
+      or too tight for narrow ones and for vectors (docs/algorithms.md §2.11).
     use_attention: the attention / lookahead of docs/algorithms.md §2.7 (adds 1 state float per parameter).
     global_input: ``'mean'`` (paper, default): the global GRU reads the mean over tensors of the tensor GRUs' states;
       ``'last'`` (released code): only the last tensor's.
@@ -325,11 +328,14 @@ class HierarchicalRNN(base.LearnedOptimizer):
     lower = -self.max_log_lr if self.min_log_lr is None else self.min_log_lr
     return lower, self.max_log_lr
 
-  def _upper_clips(self, layout: _Layout) -> list:
-    """Each tensor's upper clip of ``l``: ``max_log_lr``, lowered for wide tensors (``fan_in_reference``)."""
+  def _log_lr_clips(self, layout: _Layout) -> list[tuple]:
+    """Each tensor's ``(lower, upper)`` clip of ``l``: :attr:`log_lr_bounds`, both lowered by the same amount for
+    wide tensors (``fan_in_reference``)."""
+    lower, upper = self.log_lr_bounds
     if self.fan_in_reference is None:
-      return [self.max_log_lr] * layout.num_tensors
-    return [self.max_log_lr - 0.5 * math.log(max(n / self.fan_in_reference, 1.0)) for n in layout.fan_ins]
+      return [(lower, upper)] * layout.num_tensors
+    shifts = [0.5 * math.log(max(n / self.fan_in_reference, 1.0)) for n in layout.fan_ins]
+    return [(lower - shift, upper - shift) for shift in shifts]
 
   @property
   def num_features(self) -> int:
@@ -400,8 +406,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
       element_key, tensor_key = jax.random.split(jax.random.fold_in(root, index))
       log_lrs.append(jax.random.uniform(element_key, (size,), jnp.float32, lo, hi)
                      + jax.random.uniform(tensor_key, (), jnp.float32, lo, hi))
-    lower = self.log_lr_bounds[0]
-    log_lr = layout.flatten([jnp.clip(v, lower, upper) for v, upper in zip(log_lrs, self._upper_clips(layout))])
+    clips = self._log_lr_clips(layout)
+    log_lr = layout.flatten([jnp.clip(v, lower, upper) for v, (lower, upper) in zip(log_lrs, clips)])
     meta = meta_params
     return self._store(HierarchicalRNNState(
         count=jnp.zeros((), jnp.int32),
@@ -540,7 +546,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
 
     outputs = {k: [] for k in ('rms_decay', 'input_decay', 'log_lr', 'true_param', 'update')}
     tensor_inputs = []
-    upper_clips = self._upper_clips(layout)
+    log_lr_clips = self._log_lr_clips(layout)
     for index, ((start, stop), hidden) in enumerate(zip(layout._ranges(), hidden_pieces)):
       cols = slice(start, stop)
       readouts = all_readouts[:, cols]
@@ -553,8 +559,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
       directions = directions / jnp.sqrt(base.safe_mean(directions ** 2, axis=1, keepdims=True) + _RMS_EPS)
 
       log_lr_prev = state.log_lr[cols]
-      log_lr_step = _straight_through_clip(log_lr_prev + readouts[3] + meta['log_lr']['bias'], self.log_lr_bounds[0],
-                                           upper_clips[index])
+      log_lr_step = _straight_through_clip(log_lr_prev + readouts[3] + meta['log_lr']['bias'], *log_lr_clips[index])
       step_size = jnp.exp(log_lr_step)
       if self.step_scale == 'relative':
         scale = self._tensor_scale(params_flat[cols])

@@ -132,6 +132,44 @@ def test_fan_in_reference_lowers_the_upper_clip_of_wide_tensors_only():
     HierarchicalRNN(fan_in_reference=0)
 
 
+def test_floor_on_the_log_learning_rate_holds_against_a_readout_that_drives_it_down():
+  # A log-lr bias of -50 drives l_step far below the floor at every step; with min_log_lr = -6 every relative step
+  # is exactly exp(-6 + o) x the tensor's (floored) RMS, since the direction has unit RMS per tensor. Tolerance: float32
+  # rounding of exp and of two RMS reductions (rtol 1e-4).
+  params = {'w': jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), 'b': jnp.zeros((4,))}
+  grads = jax.tree.map(lambda x: 0.1 * x + 0.01, params)
+  opt = HierarchicalRNN(lr_init_range=(1e-3, 1e-2), max_log_lr=-2.0, min_log_lr=-6.0, step_scale='relative')
+  meta = opt.init(jax.random.PRNGKey(0))
+  meta['log_lr'] = dict(meta['log_lr'], bias=jnp.asarray(-50.0, jnp.float32))
+  tx = opt.transform(meta)
+  state = tx.init(params)
+  rate = math.exp(-6.0 + float(meta['step_size_offset']))
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    assert float(jnp.min(state.log_lr)) >= -6.0 - 1e-5
+    for name in ('w', 'b'):
+      scale = max(float(jnp.sqrt(jnp.mean(params[name] ** 2))), opt.relative_step_floor)
+      np.testing.assert_allclose(float(jnp.sqrt(jnp.mean(updates[name] ** 2))), rate * scale, rtol=1e-4,
+                                 err_msg=name)
+    params = optax.apply_updates(params, updates)
+
+
+def test_fan_in_reference_lowers_the_floor_of_wide_tensors_too():
+  # Rates driven far below the floor (initial range 1e-8..1e-7) sit at each tensor's lower clip: -5 for the [8, 3]
+  # kernel, -5 - log(256 / 16) / 2 for the [256, 3] one. Shifting both clips keeps the window the same width for every
+  # tensor, so the floor never crosses a wide layer's lowered cap.
+  params = {'wide': jnp.ones((256, 3)), 'narrow': jnp.ones((8, 3))}
+  opt = HierarchicalRNN(lr_init_range=(1e-8, 1e-7), max_log_lr=-2.0, min_log_lr=-5.0, fan_in_reference=16)
+  tx = opt.transform(opt.init(jax.random.PRNGKey(0)))
+  state = tx.init(params)
+  grads = jax.tree.map(lambda x: 0.1 * x, params)
+  for _ in range(2):
+    _, state = tx.update(grads, state, params)
+  log_lr = np.asarray(state.log_lr, np.float32)  # flat layout, leaves in sorted key order: narrow (24), wide (768)
+  np.testing.assert_allclose(log_lr[:24], -5.0, rtol=1e-6)
+  np.testing.assert_allclose(log_lr[24:], -5.0 - 0.5 * math.log(16.0), rtol=1e-6)
+
+
 def test_config_round_trip_and_defaults():
   opt = HierarchicalRNN()
   assert HierarchicalRNN.from_config(opt.config()) == opt
