@@ -28,8 +28,9 @@ features are feature-major ``[F, N]`` (:mod:`lopt.features`). The 9 time feature
 so their part of the first layer is computed once and added as a bias (identical math, 22 instead of 31 per-parameter
 inputs).
 
-State: a step count and ``5 + 5`` floats per parameter (``5`` with ``include_rms=False``). ``value`` and other
-keywords are accepted and ignored: this architecture has no loss features.
+State: a step count, ``5 + 5`` floats per parameter (``5`` with ``include_rms=False``) and one float per tensor (its
+initial scale, read only with ``max_scale_growth``). ``value`` and other keywords are accepted and ignored: this
+architecture has no loss features.
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ _RSQRT_EPS = 1e-6
 
 class MLPLOptState(NamedTuple):
   """``count``: updates so far (int32). ``momentum``: ``[K, N]``. ``second_moment``: ``[K, N]`` (``[0, N]`` if
-  ``include_rms=False``). ``N`` counts all parameter elements, leaves concatenated in tree order."""
+  ``include_rms=False``). ``initial_scale``: ``[T]``, ``max(rms(w_0), relative_step_floor)`` per tensor (for
+  ``max_scale_growth``). ``N`` counts all parameter elements, leaves concatenated in tree order; ``T`` the leaves."""
   count: jax.Array
   momentum: jax.Array
   second_moment: jax.Array
+  initial_scale: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +78,12 @@ class MLPLOpt(base.LearnedOptimizer):
       name, which explains why: absolute steps that suit O(1) parameters are ``sqrt(fan_in)`` times too large for a
       wide layer's weights). No meta-parameter changes shape.
     relative_step_floor: the smallest parameter RMS ``'relative'`` scales by (biases at zero still move).
+    max_scale_growth: ``None`` (default) or ``kappa > 0``, with ``step_scale='relative'`` only: the RMS a tensor's
+      step is scaled by is at most ``kappa`` times its value at initialisation, ``scale = min(max(rms(w),
+      floor), kappa max(rms(w_0), floor))``. Relative steps whose sign persists grow the weights geometrically (by
+      ``1 + step`` per step); above ``kappa`` times its initial RMS a tensor's steps stop growing with it, so growth
+      is at most linear (the same bound as :class:`lopt.HierarchicalRNN`'s, docs/algorithms.md §2.11 and §3.4).
+      May be a traced scalar.
   """
   name = 'mlp_lopt'
 
@@ -87,10 +96,21 @@ class MLPLOpt(base.LearnedOptimizer):
   state_dtype: str = 'float32'
   step_scale: str = 'absolute'
   relative_step_floor: float = 1e-2
+  max_scale_growth: float | None = None
 
   def __post_init__(self):
     object.__setattr__(self, 'state_dtype', base.state_dtype_name(self.state_dtype, 'MLPLOpt'))
     base.check_step_scale(self.step_scale, self.relative_step_floor, 'MLPLOpt')
+    if self.max_scale_growth is not None:
+      if self.step_scale != 'relative':
+        raise ValueError(f"MLPLOpt.max_scale_growth bounds the scale of relative steps; it needs "
+                         f"step_scale='relative' (got step_scale={self.step_scale!r}): set step_scale='relative' or "
+                         f"max_scale_growth=None.")
+      if not base.is_traced(self.max_scale_growth) and (
+          not isinstance(self.max_scale_growth, (int, float)) or isinstance(self.max_scale_growth, bool)
+          or not 0 < self.max_scale_growth < math.inf):
+        raise ValueError(f'MLPLOpt.max_scale_growth must be None or a finite number > 0 (a multiple of the initial '
+                         f'parameter RMS), got {self.max_scale_growth!r}.')
     if not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
       raise ValueError(f'MLPLOpt.hidden_sizes must be positive ints, got {self.hidden_sizes}.')
     if not self.decays or not all(0.0 <= d < 1.0 for d in self.decays):
@@ -120,12 +140,19 @@ class MLPLOpt(base.LearnedOptimizer):
     num_decays = len(self.decays)
     num_layers = len(self.hidden_sizes) + 1
 
+    def tensor_scales(w, sizes):
+      """``max(rms(w_T), relative_step_floor)`` per tensor ``[T]``: what a relative step is proportional to."""
+      return jnp.maximum(jnp.sqrt(features.segment_mean(jnp.square(w)[None], sizes)[0]), self.relative_step_floor)
+
     def init_fn(params):
       n = features.num_elements(params)
+      leaves = base.leaves_f32(params)
+      sizes = tuple(int(x.size) for x in leaves)
       return MLPLOptState(
           count=jnp.zeros([], jnp.int32),
           momentum=jnp.zeros((num_decays, n), self.state_dtype),
-          second_moment=jnp.zeros((num_decays if self.include_rms else 0, n), self.state_dtype))
+          second_moment=jnp.zeros((num_decays if self.include_rms else 0, n), self.state_dtype),
+          initial_scale=tensor_scales(features.flatten(leaves), sizes) if leaves else jnp.zeros((0,), jnp.float32))
 
     def update_fn(grads, state, params=None, *, value=None, **extra_args):
       del value, extra_args  # no loss features
@@ -154,11 +181,14 @@ class MLPLOpt(base.LearnedOptimizer):
       direction, magnitude = h[0], h[1]
       step = direction * jnp.exp(self.magnitude_rate * magnitude) * self.step_multiplier
       if self.step_scale == 'relative':
-        param_rms = jnp.sqrt(features.segment_mean(jnp.square(w)[None], sizes)[0])
-        step = step * features.segment_broadcast(jnp.maximum(param_rms, self.relative_step_floor)[None], sizes)[0]
+        scale = tensor_scales(w, sizes)
+        if self.max_scale_growth is not None:
+          scale = jnp.minimum(scale, self.max_scale_growth * state.initial_scale)
+        step = step * features.segment_broadcast(scale[None], sizes)[0]
       new_state = MLPLOptState(count=optax.safe_increment(state.count),
                                momentum=base.to_state(momentum, self.state_dtype),
-                               second_moment=base.to_state(second_moment, self.state_dtype))
+                               second_moment=base.to_state(second_moment, self.state_dtype),
+                               initial_scale=state.initial_scale)
       return base.updates_like(params, features.unflatten(-step, sizes)), new_state
 
     return base.transformation('MLPLOpt', init_fn, update_fn)
