@@ -103,9 +103,9 @@ class MLPLOpt(base.LearnedOptimizer):
     base.check_step_scale(self.step_scale, self.relative_step_floor, 'MLPLOpt')
     if self.max_scale_growth is not None:
       if self.step_scale != 'relative':
-        raise ValueError(f"MLPLOpt.max_scale_growth bounds the scale of relative steps; it needs "
+        raise ValueError("MLPLOpt.max_scale_growth bounds the scale of relative steps; it needs "
                          f"step_scale='relative' (got step_scale={self.step_scale!r}): set step_scale='relative' or "
-                         f"max_scale_growth=None.")
+                         "max_scale_growth=None.")
       if not base.is_traced(self.max_scale_growth) and (
           not isinstance(self.max_scale_growth, (int, float)) or isinstance(self.max_scale_growth, bool)
           or not 0 < self.max_scale_growth < math.inf):
