@@ -135,6 +135,21 @@ def check_step_scale(step_scale, relative_step_floor, owner: str) -> None:
     raise ValueError(f'{owner}.relative_step_floor must be a finite number > 0, got {relative_step_floor!r}.')
 
 
+def check_max_scale_growth(max_scale_growth, step_scale, owner: str) -> None:
+  """``ValueError`` unless ``max_scale_growth`` is ``None``, or a finite number > 0 (or traced) with
+  ``step_scale='relative'``: the bound on the growth of relative steps (docs/algorithms.md §2.11, §3.4)."""
+  if max_scale_growth is None:
+    return
+  if step_scale != 'relative':
+    raise ValueError(f"{owner}.max_scale_growth bounds the scale of relative steps; it needs step_scale='relative' "
+                     f"(got step_scale={step_scale!r}): set step_scale='relative' or max_scale_growth=None.")
+  if not is_traced(max_scale_growth) and (
+      not isinstance(max_scale_growth, (int, float)) or isinstance(max_scale_growth, bool)
+      or not 0 < max_scale_growth < math.inf):
+    raise ValueError(f'{owner}.max_scale_growth must be None or a finite number > 0 (a multiple of the initial '
+                     f'parameter RMS), got {max_scale_growth!r}.')
+
+
 def to_state(x: jax.Array, state_dtype: str) -> jax.Array:
   """Rounds a float32 per-parameter state array to ``state_dtype`` for storage (a no-op for float32)."""
   return jnp.asarray(x, state_dtype)

@@ -313,14 +313,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
     if not isinstance(self.lr_init_seed, int) or isinstance(self.lr_init_seed, bool):
       fail(f'lr_init_seed must be an int, got {self.lr_init_seed!r}.')
     base.check_step_scale(self.step_scale, self.relative_step_floor, 'HierarchicalRNN')
-    if self.max_scale_growth is not None:
-      if self.step_scale != 'relative':
-        fail(f"max_scale_growth bounds the scale of relative steps; it needs step_scale='relative' (got "
-             f"step_scale={self.step_scale!r}): set step_scale='relative' or max_scale_growth=None.")
-      if not base.is_traced(self.max_scale_growth) and not (is_finite_number(self.max_scale_growth)
-                                                            and self.max_scale_growth > 0):
-        fail(f'max_scale_growth must be None or a finite number > 0 (a multiple of the initial parameter RMS), '
-             f'got {self.max_scale_growth!r}.')
+    base.check_max_scale_growth(self.max_scale_growth, self.step_scale, 'HierarchicalRNN')
 
   @property
   def log_lr_bounds(self) -> tuple[float, float]:

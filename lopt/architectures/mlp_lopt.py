@@ -101,16 +101,7 @@ class MLPLOpt(base.LearnedOptimizer):
   def __post_init__(self):
     object.__setattr__(self, 'state_dtype', base.state_dtype_name(self.state_dtype, 'MLPLOpt'))
     base.check_step_scale(self.step_scale, self.relative_step_floor, 'MLPLOpt')
-    if self.max_scale_growth is not None:
-      if self.step_scale != 'relative':
-        raise ValueError("MLPLOpt.max_scale_growth bounds the scale of relative steps; it needs "
-                         f"step_scale='relative' (got step_scale={self.step_scale!r}): set step_scale='relative' or "
-                         "max_scale_growth=None.")
-      if not base.is_traced(self.max_scale_growth) and (
-          not isinstance(self.max_scale_growth, (int, float)) or isinstance(self.max_scale_growth, bool)
-          or not 0 < self.max_scale_growth < math.inf):
-        raise ValueError(f'MLPLOpt.max_scale_growth must be None or a finite number > 0 (a multiple of the initial '
-                         f'parameter RMS), got {self.max_scale_growth!r}.')
+    base.check_max_scale_growth(self.max_scale_growth, self.step_scale, 'MLPLOpt')
     if not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
       raise ValueError(f'MLPLOpt.hidden_sizes must be positive ints, got {self.hidden_sizes}.')
     if not self.decays or not all(0.0 <= d < 1.0 for d in self.decays):

@@ -521,11 +521,3 @@ def test_max_scale_growth_bounds_the_geometric_growth_of_coherent_relative_steps
   # RMS can grow by at most 300 x 0.01 = 3 above its start.
   assert capped <= 0.1 + 300 * 0.01 * 1.01
   assert uncapped > 100 * capped
-
-
-def test_max_scale_growth_is_checked():
-  with pytest.raises(ValueError, match="needs step_scale='relative'"):
-    HierarchicalRNN(max_scale_growth=2.0)
-  for bad in (0.0, -1.0, float('nan'), float('inf')):
-    with pytest.raises(ValueError, match='max_scale_growth must be None or a finite number > 0'):
-      HierarchicalRNN(step_scale='relative', max_scale_growth=bad)

@@ -147,11 +147,3 @@ def test_max_scale_growth_bounds_the_geometric_growth_of_coherent_relative_steps
   np.testing.assert_allclose(uncapped, 0.1 * 1.02 ** 300, rtol=1e-3)
   np.testing.assert_allclose(capped, 0.2 + (300 - 35) * 0.004, rtol=0.05)
   assert capped <= 0.1 + 300 * 0.004
-
-
-def test_max_scale_growth_is_checked():
-  with pytest.raises(ValueError, match="needs step_scale='relative'"):
-    MLPLOpt(max_scale_growth=2.0)
-  for bad in (0.0, -1.0, float('nan'), float('inf')):
-    with pytest.raises(ValueError, match='max_scale_growth must be None or a finite number > 0'):
-      MLPLOpt(step_scale='relative', max_scale_growth=bad)

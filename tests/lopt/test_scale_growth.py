@@ -35,3 +35,12 @@ def test_max_scale_growth_caps_the_relative_scale_at_a_multiple_of_the_initial_r
     # Only the scalar factor differs, so the ratio is exact up to float32 rounding of one multiply.
     np.testing.assert_allclose(got['w'], expected_ratio * reference['w'], rtol=1e-6)
     np.testing.assert_array_equal(got['b'], reference['b'])
+
+
+@pytest.mark.parametrize('architecture', [HierarchicalRNN, MLPLOpt], ids=['hierarchical_rnn', 'mlp_lopt'])
+def test_max_scale_growth_is_checked(architecture):
+  with pytest.raises(ValueError, match="needs step_scale='relative'"):
+    architecture(max_scale_growth=2.0)
+  for bad in (0.0, -1.0, float('nan'), float('inf')):
+    with pytest.raises(ValueError, match='max_scale_growth must be None or a finite number > 0'):
+      architecture(step_scale='relative', max_scale_growth=bad)
