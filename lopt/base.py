@@ -150,6 +150,22 @@ def check_max_scale_growth(max_scale_growth, step_scale, owner: str) -> None:
                      f'parameter RMS), got {max_scale_growth!r}.')
 
 
+def check_min_gradient_rms(min_gradient_rms, owner: str) -> None:
+  """``ValueError`` unless ``min_gradient_rms`` is ``None`` or a finite number > 0 (docs/algorithms.md §2.11)."""
+  if min_gradient_rms is not None and (
+      not isinstance(min_gradient_rms, (int, float)) or isinstance(min_gradient_rms, bool)
+      or not 0 < min_gradient_rms < math.inf):
+    raise ValueError(f"{owner}.min_gradient_rms must be None or a finite number > 0 (the gradient RMS below which a "
+                     f"tensor's step shrinks in proportion; 1e-8 is typical), got {min_gradient_rms!r}.")
+
+
+def gradient_gate(gradient_rms: jax.Array, min_gradient_rms: float) -> jax.Array:
+  """``min(1, rms_T(g) / epsilon)``: the factor that makes a tensor's step vanish with its gradient (the role of
+  Adam's ``eps``; docs/algorithms.md §2.11). Exactly 1 above ``epsilon``, so it changes nothing where the gradients
+  carry signal."""
+  return jnp.minimum(1.0, gradient_rms / min_gradient_rms)
+
+
 def to_state(x: jax.Array, state_dtype: str) -> jax.Array:
   """Rounds a float32 per-parameter state array to ``state_dtype`` for storage (a no-op for float32)."""
   return jnp.asarray(x, state_dtype)

@@ -323,10 +323,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
       fail(f'lr_init_seed must be an int, got {self.lr_init_seed!r}.')
     base.check_step_scale(self.step_scale, self.relative_step_floor, 'HierarchicalRNN')
     base.check_max_scale_growth(self.max_scale_growth, self.step_scale, 'HierarchicalRNN')
-    if self.min_gradient_rms is not None and not (is_finite_number(self.min_gradient_rms)
-                                                  and self.min_gradient_rms > 0):
-      fail(f'min_gradient_rms must be None or a finite number > 0 (the gradient RMS below which a tensor\'s step '
-           f'shrinks in proportion; 1e-8 is typical), got {self.min_gradient_rms!r}.')
+    base.check_min_gradient_rms(self.min_gradient_rms, 'HierarchicalRNN')
 
   @property
   def log_lr_bounds(self) -> tuple[float, float]:
@@ -571,8 +568,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
       tensor_inputs.append(jnp.concatenate([base.safe_mean(hidden, axis=1), feature_means[:, index]]))
       directions = directions / jnp.sqrt(base.safe_mean(directions ** 2, axis=1, keepdims=True) + _RMS_EPS)
       if gradient_rms is not None:
-        # min(1, rms(g) / epsilon): exactly 1 above epsilon, so the gate changes nothing where gradients carry signal.
-        directions = directions * jnp.minimum(1.0, gradient_rms[index] / self.min_gradient_rms)
+        directions = directions * base.gradient_gate(gradient_rms[index], self.min_gradient_rms)
 
       log_lr_prev = state.log_lr[cols]
       log_lr_step = _straight_through_clip(log_lr_prev + readouts[3] + meta['log_lr']['bias'], *log_lr_clips[index])

@@ -84,6 +84,15 @@ class MLPLOpt(base.LearnedOptimizer):
       ``1 + step`` per step); above ``kappa`` times its initial RMS a tensor's steps stop growing with it, so growth
       is at most linear (the same bound as :class:`lopt.HierarchicalRNN`'s, docs/algorithms.md §2.11 and §3.4).
       May be a traced scalar.
+    max_relative_step: ``None`` (default) or ``c > 0``, with ``step_scale='relative'`` only: each tensor's step is
+      scaled down where needed so that its RMS is at most ``c`` times the tensor's scale,
+      ``step_T <- step_T min(1, c scale_T / rms(step_T))`` (a trust ratio, as LARS's). The MLP's output ``d`` is
+      unbounded: on a 2048-dimensional quadratic one first step moved the parameters by 4.8 times their RMS and raised
+      the loss 23-fold (docs/algorithms.md §3.4). The HRNN's cap on its learning rate plays this role there.
+    min_gradient_rms: ``None`` (default) or ``epsilon > 0``: a tensor whose gradient RMS is below ``epsilon`` takes its
+      step multiplied by ``rms_T(g) / epsilon``, as :class:`lopt.HierarchicalRNN`'s option of the same name. Without
+      it the step never vanishes: the features are normalised per tensor, so at zero gradients the weight feature
+      ``w`` alone still drives the MLP's output, and the weights drift (docs/algorithms.md §3.4).
   """
   name = 'mlp_lopt'
 
@@ -97,11 +106,22 @@ class MLPLOpt(base.LearnedOptimizer):
   step_scale: str = 'absolute'
   relative_step_floor: float = 1e-2
   max_scale_growth: float | None = None
+  max_relative_step: float | None = None
+  min_gradient_rms: float | None = None
 
   def __post_init__(self):
     object.__setattr__(self, 'state_dtype', base.state_dtype_name(self.state_dtype, 'MLPLOpt'))
     base.check_step_scale(self.step_scale, self.relative_step_floor, 'MLPLOpt')
     base.check_max_scale_growth(self.max_scale_growth, self.step_scale, 'MLPLOpt')
+    base.check_min_gradient_rms(self.min_gradient_rms, 'MLPLOpt')
+    if self.max_relative_step is not None:
+      if self.step_scale != 'relative':
+        raise ValueError("MLPLOpt.max_relative_step bounds relative steps; it needs step_scale='relative' (got "
+                         f"step_scale={self.step_scale!r}): set step_scale='relative' or max_relative_step=None.")
+      if (not isinstance(self.max_relative_step, (int, float)) or isinstance(self.max_relative_step, bool)
+          or not 0 < self.max_relative_step < math.inf):
+        raise ValueError('MLPLOpt.max_relative_step must be None or a finite number > 0 (the largest step RMS as a '
+                         f"fraction of the tensor's scale), got {self.max_relative_step!r}.")
     if not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
       raise ValueError(f'MLPLOpt.hidden_sizes must be positive ints, got {self.hidden_sizes}.')
     if not self.decays or not all(0.0 <= d < 1.0 for d in self.decays):
@@ -175,7 +195,16 @@ class MLPLOpt(base.LearnedOptimizer):
         scale = tensor_scales(w, sizes)
         if self.max_scale_growth is not None:
           scale = jnp.minimum(scale, self.max_scale_growth * state.initial_scale)
-        step = step * features.segment_broadcast(scale[None], sizes)[0]
+        factor = scale
+        if self.max_relative_step is not None:
+          # rms_T(step * scale) = rms_T(step) * scale, so the cap c * scale on it is a cap c on rms_T(step).
+          step_rms = jnp.sqrt(features.segment_mean(jnp.square(step)[None], sizes)[0])
+          factor = factor * jnp.minimum(1.0, self.max_relative_step / jnp.maximum(step_rms, 1e-30))
+        step = step * features.segment_broadcast(factor[None], sizes)[0]
+      if self.min_gradient_rms is not None:
+        gradient_rms = jnp.sqrt(features.segment_mean(jnp.square(g)[None], sizes)[0])
+        step = step * features.segment_broadcast(base.gradient_gate(gradient_rms, self.min_gradient_rms)[None],
+                                                 sizes)[0]
       new_state = MLPLOptState(count=optax.safe_increment(state.count),
                                momentum=base.to_state(momentum, self.state_dtype),
                                second_moment=base.to_state(second_moment, self.state_dtype),

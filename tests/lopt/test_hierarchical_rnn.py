@@ -83,8 +83,6 @@ def assert_close_per_tensor(got_flat, expected_per_tensor, rtol, atol=None):
     ('min_log_lr', 40.0, 'min_log_lr must be below max_log_lr'),
     ('global_input', 'first', 'global_input'),
     ('lr_init_seed', 1.5, 'lr_init_seed'),
-    ('min_gradient_rms', 0.0, 'min_gradient_rms'),
-    ('min_gradient_rms', float('inf'), 'min_gradient_rms'),
 ])
 def test_invalid_config_raises_naming_the_field(field, value, message):
   with pytest.raises(ValueError, match=message):
@@ -154,52 +152,6 @@ def test_floor_on_the_log_learning_rate_holds_against_a_readout_that_drives_it_d
       np.testing.assert_allclose(float(jnp.sqrt(jnp.mean(updates[name] ** 2))), rate * scale, rtol=1e-4,
                                  err_msg=name)
     params = optax.apply_updates(params, updates)
-
-
-def _gated_and_plain_steps(gradient_rms_scale, num_warmup=5):
-  """One step of the gated optimizer (min_gradient_rms=1e-8) and of the same optimizer without the gate, from a state
-  built by ``num_warmup`` ordinary steps (so momenta and hidden states are far from zero), on gradients of RMS about
-  ``gradient_rms_scale`` x GRAD_SCALES. Returns both updates (per tensor) and the gradients."""
-  common = dict(lr_init_range=(1e-3, 1e-2), min_log_lr=-8.0, max_log_lr=0.0, step_scale='relative')
-  plain, gated = HierarchicalRNN(**common), HierarchicalRNN(**common, min_gradient_rms=1e-8)
-  meta = perturbed_meta(plain)
-  params = make_params()
-  tx = plain.transform(meta)
-  state = tx.init(params)
-  for step in range(num_warmup):
-    updates, state = tx.update(make_grads(step), state, params)
-    params = optax.apply_updates(params, updates)
-  grads = jax.tree.map(lambda g: gradient_rms_scale * g, make_grads(num_warmup))
-  plain_update, _ = tx.update(grads, state, params)
-  gated_update, _ = gated.transform(meta).update(grads, state, params)
-  return plain_update, gated_update, grads
-
-
-def test_min_gradient_rms_changes_nothing_where_the_gradients_are_above_it():
-  # The gate is min(1, rms / epsilon) = exactly 1: the updates are bitwise those of the ungated optimizer.
-  plain, gated, _ = _gated_and_plain_steps(1.0)
-  for name in SHAPES:
-    np.testing.assert_array_equal(np.asarray(gated[name]), np.asarray(plain[name]), err_msg=name)
-
-
-def test_min_gradient_rms_stops_the_drift_at_zero_gradients():
-  # Without the gate, the unit-RMS direction keeps every step at (at least) the floor of the rate even where the
-  # gradients are exactly zero (the wine drift of docs/algorithms.md §2.11); with it, those steps are exactly zero.
-  plain, gated, _ = _gated_and_plain_steps(0.0)
-  for name in SHAPES:
-    assert float(jnp.sqrt(jnp.mean(plain[name] ** 2))) > 0, name
-    np.testing.assert_array_equal(np.asarray(gated[name]), 0.0, err_msg=name)
-
-
-def test_min_gradient_rms_shrinks_each_tensor_step_in_proportion_to_its_gradient_rms():
-  # Gradients scaled to RMS ~1e-12 x GRAD_SCALES: every tensor is below epsilon = 1e-8, so each gated update is the
-  # ungated one times rms_T(g) / 1e-8 (per tensor). Tolerance: float32 rounding of one RMS reduction (rtol 1e-5).
-  plain, gated, grads = _gated_and_plain_steps(1e-12)
-  for name in SHAPES:
-    factor = float(jnp.sqrt(jnp.mean(grads[name].astype(jnp.float32) ** 2))) / 1e-8
-    assert factor < 1, name
-    np.testing.assert_allclose(np.asarray(gated[name]), factor * np.asarray(plain[name]), rtol=1e-5,
-                               atol=1e-30, err_msg=name)
 
 
 def test_fan_in_reference_lowers_the_floor_of_wide_tensors_too():

@@ -147,3 +147,34 @@ def test_max_scale_growth_bounds_the_geometric_growth_of_coherent_relative_steps
   np.testing.assert_allclose(uncapped, 0.1 * 1.02 ** 300, rtol=1e-3)
   np.testing.assert_allclose(capped, 0.2 + (300 - 35) * 0.004, rtol=0.05)
   assert capped <= 0.1 + 300 * 0.004
+
+
+def test_max_relative_step_caps_each_tensor_step_rms_at_a_fraction_of_its_scale():
+  """A constant MLP output d = -200 asks for steps of 200 x step_multiplier = 0.2 of each tensor's scale; capped at
+  c = 0.05 every tensor's step has RMS exactly c x scale, and a cap above 0.2 changes nothing (bitwise)."""
+  params = {'w': jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), 'b': jnp.full((4,), 0.5)}
+  grads = jax.tree.map(jnp.ones_like, params)
+
+  def update(**kw):
+    arch = MLPLOpt(step_scale='relative', **kw)
+    meta = arch.init(jax.random.PRNGKey(0))
+    meta['dense_1'] = {'kernel': jnp.zeros((32, 2)), 'bias': jnp.asarray([-200.0, 0.0])}
+    tx = arch.transform(meta)
+    return tx.update(grads, tx.init(params), params)[0]
+
+  uncapped, capped, loose = update(), update(max_relative_step=0.05), update(max_relative_step=0.5)
+  for name, value in params.items():
+    scale = max(float(jnp.sqrt(jnp.mean(value ** 2))), 1e-2)
+    rms = lambda x: float(jnp.sqrt(jnp.mean(x ** 2)))
+    # Tolerance: float32 rounding of two RMS reductions and a division (rtol 1e-5).
+    np.testing.assert_allclose(rms(uncapped[name]), 0.2 * scale, rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(rms(capped[name]), 0.05 * scale, rtol=1e-5, err_msg=name)
+    np.testing.assert_array_equal(np.asarray(loose[name]), np.asarray(uncapped[name]), err_msg=name)
+
+
+def test_max_relative_step_is_checked():
+  with pytest.raises(ValueError, match="needs step_scale='relative'"):
+    MLPLOpt(max_relative_step=0.1)
+  for bad in (0.0, -1.0, float('nan'), float('inf')):
+    with pytest.raises(ValueError, match='max_relative_step must be None or a finite number > 0'):
+      MLPLOpt(step_scale='relative', max_relative_step=bad)
