@@ -64,6 +64,21 @@ def test_factory_uses_the_shipped_weights(name):
   jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
+def test_shipped_mlp_lopt_stops_where_the_gradients_vanish():
+  # Release 5 of the MLP optimizer ships min_gradient_rms: after steps on real gradients, a step on exactly zero
+  # gradients is exactly zero, where release 4's weights kept drifting (docs/algorithms.md 3.4).
+  opt = lopt.mlp_lopt()
+  params = _mlp_params(jax.random.key(2))
+  state = opt.init(params)
+  for step in range(3):
+    grads = jax.tree.map(lambda p, s=step: jnp.sin(p + s) + 0.1, params)
+    updates, state = opt.update(grads, state, params, value=jnp.asarray(1.0))
+    params = optax.apply_updates(params, updates)
+  updates, _ = opt.update(jax.tree.map(jnp.zeros_like, params), state, params, value=jnp.asarray(0.0))
+  for u in jax.tree.leaves(updates):
+    np.testing.assert_array_equal(np.asarray(u), 0.0)
+
+
 def _train_digits(opt, seed):
   task = tasks.mlp_task('digits', (32,), 'relu', batch_size=64)
   key = jax.random.key(seed)
