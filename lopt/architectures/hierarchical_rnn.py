@@ -221,7 +221,9 @@ class HierarchicalRNN(base.LearnedOptimizer):
       loss is non-finite where the gradients vanish (docs/algorithms.md §2.11). A raised floor is the opposite
       bound: meta-trained rates fall by 1e2-1e4 once the loss flattens (the short-horizon bias of meta-training),
       and a floor keeps every relative step at least ``exp(min_log_lr + o)`` of its tensor's RMS (lowered for wide
-      tensors with ``fan_in_reference``; release 5 ships ``-8``, docs/algorithms.md §2.11). May be traced.
+      tensors with ``fan_in_reference``). Releases 5 and 6 shipped ``-8`` and ``-7`` and were withdrawn: on wide
+      nets trained to near-zero loss the forced steps made the loss climb back (docs/algorithms.md §2.11); the
+      shipped release 4 has no floor. May be traced.
     fan_in_reference: ``None`` (default) or a fan-in ``r``: a tensor of two or more dimensions whose fan-in ``n``
       (the product of all but its last dimension) exceeds ``r`` has both clips of ``l`` lowered by
       ``log(n / r) / 2``. A relative step that is coherent across a layer's inputs changes its outputs by about
