@@ -125,36 +125,46 @@ def state_dtype_name(value, owner: str) -> str:
 STEP_SCALES = ('absolute', 'relative')
 
 
+def _is_positive_finite(value) -> bool:
+  """A real number (not a bool) in ``(0, inf)``."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
 def check_step_scale(step_scale, relative_step_floor, owner: str) -> None:
   """``ValueError`` unless ``step_scale`` is in :data:`STEP_SCALES` and ``relative_step_floor`` is finite and > 0."""
   if step_scale not in STEP_SCALES:
     raise ValueError(f"{owner}.step_scale must be 'absolute' (paper) or 'relative' (steps scaled by each tensor's "
                      f'parameter RMS), got {step_scale!r}.')
-  if (not isinstance(relative_step_floor, (int, float)) or isinstance(relative_step_floor, bool)
-      or not 0 < relative_step_floor < math.inf):
+  if not _is_positive_finite(relative_step_floor):
     raise ValueError(f'{owner}.relative_step_floor must be a finite number > 0, got {relative_step_floor!r}.')
 
 
-def check_max_scale_growth(max_scale_growth, step_scale, owner: str) -> None:
-  """``ValueError`` unless ``max_scale_growth`` is ``None``, or a finite number > 0 (or traced) with
-  ``step_scale='relative'``: the bound on the growth of relative steps (docs/algorithms.md §2.11, §3.4)."""
-  if max_scale_growth is None:
+def check_relative_step_bound(name: str, value, step_scale, owner: str, *, bounds: str, meaning: str,
+                              may_be_traced: bool = False) -> None:
+  """``ValueError`` unless the option ``name`` is ``None``, or a finite number > 0 (or, with ``may_be_traced``, a
+  traced scalar) together with ``step_scale='relative'``: the options that bound relative steps
+  (``max_scale_growth`` of both architectures, ``MLPLOpt.max_relative_step``; docs/algorithms.md §2.11, §3.4).
+  ``bounds`` says what the option bounds and ``meaning`` what its value is, for the messages."""
+  if value is None:
     return
   if step_scale != 'relative':
-    raise ValueError(f"{owner}.max_scale_growth bounds the scale of relative steps; it needs step_scale='relative' "
-                     f"(got step_scale={step_scale!r}): set step_scale='relative' or max_scale_growth=None.")
-  if not is_traced(max_scale_growth) and (
-      not isinstance(max_scale_growth, (int, float)) or isinstance(max_scale_growth, bool)
-      or not 0 < max_scale_growth < math.inf):
-    raise ValueError(f'{owner}.max_scale_growth must be None or a finite number > 0 (a multiple of the initial '
-                     f'parameter RMS), got {max_scale_growth!r}.')
+    raise ValueError(f"{owner}.{name} bounds {bounds}; it needs step_scale='relative' (got step_scale={step_scale!r}): "
+                     f"set step_scale='relative' or {name}=None.")
+  if not (may_be_traced and is_traced(value)) and not _is_positive_finite(value):
+    raise ValueError(f'{owner}.{name} must be None or a finite number > 0 ({meaning}), got {value!r}.')
+
+
+def check_max_scale_growth(max_scale_growth, step_scale, owner: str) -> None:
+  """:func:`check_relative_step_bound` for ``max_scale_growth``, the bound on the growth of relative steps (may be
+  traced: it is injectable)."""
+  check_relative_step_bound('max_scale_growth', max_scale_growth, step_scale, owner,
+                            bounds='the scale of relative steps', meaning='a multiple of the initial parameter RMS',
+                            may_be_traced=True)
 
 
 def check_min_gradient_rms(min_gradient_rms, owner: str) -> None:
   """``ValueError`` unless ``min_gradient_rms`` is ``None`` or a finite number > 0 (docs/algorithms.md §2.11)."""
-  if min_gradient_rms is not None and (
-      not isinstance(min_gradient_rms, (int, float)) or isinstance(min_gradient_rms, bool)
-      or not 0 < min_gradient_rms < math.inf):
+  if min_gradient_rms is not None and not _is_positive_finite(min_gradient_rms):
     raise ValueError(f"{owner}.min_gradient_rms must be None or a finite number > 0 (the gradient RMS below which a "
                      f"tensor's step shrinks in proportion; 1e-8 is typical), got {min_gradient_rms!r}.")
 

@@ -114,14 +114,9 @@ class MLPLOpt(base.LearnedOptimizer):
     base.check_step_scale(self.step_scale, self.relative_step_floor, 'MLPLOpt')
     base.check_max_scale_growth(self.max_scale_growth, self.step_scale, 'MLPLOpt')
     base.check_min_gradient_rms(self.min_gradient_rms, 'MLPLOpt')
-    if self.max_relative_step is not None:
-      if self.step_scale != 'relative':
-        raise ValueError("MLPLOpt.max_relative_step bounds relative steps; it needs step_scale='relative' (got "
-                         f"step_scale={self.step_scale!r}): set step_scale='relative' or max_relative_step=None.")
-      if (not isinstance(self.max_relative_step, (int, float)) or isinstance(self.max_relative_step, bool)
-          or not 0 < self.max_relative_step < math.inf):
-        raise ValueError('MLPLOpt.max_relative_step must be None or a finite number > 0 (the largest step RMS as a '
-                         f"fraction of the tensor's scale), got {self.max_relative_step!r}.")
+    base.check_relative_step_bound('max_relative_step', self.max_relative_step, self.step_scale, 'MLPLOpt',
+                                   bounds='relative steps',
+                                   meaning="the largest step RMS as a fraction of the tensor's scale")
     if not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
       raise ValueError(f'MLPLOpt.hidden_sizes must be positive ints, got {self.hidden_sizes}.')
     if not self.decays or not all(0.0 <= d < 1.0 for d in self.decays):
