@@ -19,6 +19,9 @@ The project keeps three disjoint sets of problems (``docs/evaluation_protocol.md
 ``patches16_conv``             3-layer ReLU ConvNet (8, 16, 16 channels) on 16x16 patches, batch 64
 ``patches8_autoencoder``       64-32-8-32-64 tanh autoencoder of 8x8 patches, batch 128
 ``wine_mlp``                   13-32-3 ReLU classifier on ``wine``, batch 32
+``wine_mlp_512x512``           13-512-512-3 ReLU classifier on ``wine``, batch 32 (a wide net that fits its 107
+                               training rows exactly: the gradients fall to 1e-8-1e-11 and stay there, the regime in
+                               which a step that does not vanish with the gradient makes the loss climb back)
 ``diabetes_mlp``               10-32-32-1 tanh regression on ``diabetes``, batch 32
 ``quadratic_1024``             Wichrowska's 1024-dimensional quadratic
 ``rescale350_quadratic_50``    a 50-dimensional quadratic on parameters 350 times larger
@@ -53,8 +56,9 @@ WICHROWSKA_VALIDATION = ('quadratic_1024', 'rescale350_quadratic_50', 'styblinsk
                          'norm_22_p3')
 
 #: Every task name of the suite, in order.
-ALL_TASKS = ('patches8_mlp_64', 'patches8_mlp_512x512', 'patches28_mlp_512x512', 'patches16_mlp_tanh',
-             'patches16_conv', 'patches8_autoencoder', 'wine_mlp', 'diabetes_mlp') + WICHROWSKA_VALIDATION
+ALL_TASKS = (('patches8_mlp_64', 'patches8_mlp_512x512', 'patches28_mlp_512x512', 'patches16_mlp_tanh',
+             'patches16_conv', 'patches8_autoencoder', 'wine_mlp', 'wine_mlp_512x512', 'diabetes_mlp')
+             + WICHROWSKA_VALIDATION)
 
 #: The datasets the suite's networks train on (``docs/evaluation_protocol.md``; a test checks the disjointness).
 DATASETS = ('image_patches', 'wine', 'diabetes')
@@ -76,6 +80,8 @@ def _build(name: str) -> tuple[tasks.Task, bool]:
     return autoencoder.AutoencoderTask(datasets.load_image_patches(size=8), (32, 8, 32), 'tanh', 128), True
   if name == 'wine_mlp':
     return tabular.TabularMLPTask('wine', (32,), 'relu', batch_size=32), True
+  if name == 'wine_mlp_512x512':
+    return tabular.TabularMLPTask('wine', (512, 512), 'relu', batch_size=32), True
   if name == 'diabetes_mlp':
     return tabular.TabularMLPTask('diabetes', (32, 32), 'tanh', batch_size=32), True
   if name in WICHROWSKA_VALIDATION:
