@@ -125,7 +125,7 @@ def state_dtype_name(value, owner: str) -> str:
 STEP_SCALES = ('absolute', 'relative')
 
 
-def _is_positive_finite(value) -> bool:
+def is_positive_finite(value) -> bool:
   """A real number (not a bool) in ``(0, inf)``."""
   return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
@@ -135,7 +135,7 @@ def check_step_scale(step_scale, relative_step_floor, owner: str) -> None:
   if step_scale not in STEP_SCALES:
     raise ValueError(f"{owner}.step_scale must be 'absolute' (paper) or 'relative' (steps scaled by each tensor's "
                      f'parameter RMS), got {step_scale!r}.')
-  if not _is_positive_finite(relative_step_floor):
+  if not is_positive_finite(relative_step_floor):
     raise ValueError(f'{owner}.relative_step_floor must be a finite number > 0, got {relative_step_floor!r}.')
 
 
@@ -150,7 +150,7 @@ def check_relative_step_bound(name: str, value, step_scale, owner: str, *, bound
   if step_scale != 'relative':
     raise ValueError(f"{owner}.{name} bounds {bounds}; it needs step_scale='relative' (got step_scale={step_scale!r}): "
                      f"set step_scale='relative' or {name}=None.")
-  if not (may_be_traced and is_traced(value)) and not _is_positive_finite(value):
+  if not (may_be_traced and is_traced(value)) and not is_positive_finite(value):
     raise ValueError(f'{owner}.{name} must be None or a finite number > 0 ({meaning}), got {value!r}.')
 
 
@@ -164,7 +164,7 @@ def check_max_scale_growth(max_scale_growth, step_scale, owner: str) -> None:
 
 def check_min_gradient_rms(min_gradient_rms, owner: str) -> None:
   """``ValueError`` unless ``min_gradient_rms`` is ``None`` or a finite number > 0 (docs/algorithms.md §2.11)."""
-  if min_gradient_rms is not None and not _is_positive_finite(min_gradient_rms):
+  if min_gradient_rms is not None and not is_positive_finite(min_gradient_rms):
     raise ValueError(f"{owner}.min_gradient_rms must be None or a finite number > 0 (the gradient RMS below which a "
                      f"tensor's step shrinks in proportion; 1e-8 is typical), got {min_gradient_rms!r}.")
 

@@ -15,9 +15,10 @@ Each level's *previous* state enters the gates of the level below as an additive
 One step, for a parameter with gradient ``g`` (per element unless "per tensor" is said; S = ``num_scales`` = 4):
 
 1. Input decays ``d_1 = inp_decay`` (state), ``d_{i+1} = sqrt(d_i)``; momenta ``a_i <- (1 - d_i) g + d_i a_i``.
-2. Mean squares ``ms_i <- (1 - s)(a_i^2 + 1e-12) + s ms_i`` with ``s = rms_decay`` (state), ``s = 0`` on the first step.
-3. Features ``x_i = asinh(a_i / sqrt(ms_i + 1e-16))``; products ``x_i x_{i+1}``; relative log mean squares
-   ``L_i - mean_j L_j`` with ``L_i = log(ms_i + 1e-16)``; relative log learning rate ``l - mean(l)`` where the mean is
+2. Mean squares ``ms_i <- (1 - s)(a_i^2 + e) + s ms_i`` with ``s = rms_decay`` (state), ``s = 0`` on the first step,
+   and ``e = mean_square_eps`` (1e-12 by default).
+3. Features ``x_i = asinh(a_i / sqrt(ms_i + 1e-4 e))``; products ``x_i x_{i+1}``; relative log mean squares
+   ``L_i - mean_j L_j`` with ``L_i = log(ms_i + 1e-4 e)``; relative log learning rate ``l - mean(l)`` where the mean is
    over **all elements of all tensors**. 12 features by default.
 4. Parameter GRU: ``h' = GRU_10(features, h; A_t(tensor_state) + A_g(global_state))``.
 5. Tensor GRU: ``tensor' = GRU_20(mean_over_tensor([h'; features]), tensor; A(global_state))``.
@@ -103,8 +104,8 @@ _SHORTCUT_MEAN_INIT = 0.25
 _SHORTCUT_STD_INIT = 0.1  # divided by sqrt(num_scales)
 _LR_MOMENTUM_LOGIT_INIT = 3.2
 _STEP_SIZE_OFFSET_INIT = -1.0
-_MS_EPS = 1e-12  # added to a^2 in the mean square
-_RMS_EPS = 1e-16  # inside sqrt / log
+_RMS_EPS = 1e-16  # in the direction's normalisation (step 6)
+_FEATURE_RMS_EPS_RATIO = 1e-4  # inside the features' sqrt / log, relative to mean_square_eps (1e-16 at the default)
 
 _GLOBAL_INPUTS = ('mean', 'last')
 # The state arrays over all N parameters, stored in ``state_dtype`` (true_param excepted: see HierarchicalRNN).
@@ -252,10 +253,18 @@ class HierarchicalRNN(base.LearnedOptimizer):
     min_gradient_rms: ``None`` (default) or ``epsilon > 0``: a tensor whose gradient RMS is below ``epsilon`` takes
       its step multiplied by ``rms_T(g) / epsilon``, so the step vanishes with the gradient (the role of Adam's
       ``eps``). Without it the step never vanishes: the direction is normalised to unit RMS, and once the gradients
-      fall far below the features' own scale (``sqrt(1e-12) = 1e-6``) it is the readout of ``h'`` alone, a direction
-      that no longer depends on the loss, taken at no less than the floor of the learning rate. Measured: a wine
-      classifier whose float32 loss is exactly 0 (gradients 1e-19-1e-29) drifted until single batches reached 8 times
-      the initial loss (docs/algorithms.md §2.11). Above ``epsilon`` the factor is exactly 1: nothing else changes.
+      fall far below the features' own scale (``sqrt(mean_square_eps)``, 1e-6 at the default) it is the readout of
+      ``h'`` alone, a direction that no longer depends on the loss, taken at no less than the floor of the learning
+      rate. Measured: a wine classifier whose float32 loss is exactly 0 (gradients 1e-19-1e-29) drifted until single
+      batches reached 8 times the initial loss (docs/algorithms.md §2.11). Above ``epsilon`` the factor is exactly 1:
+      nothing else changes.
+    mean_square_eps: ``e``, added to ``a_i^2`` in the mean squares (step 2; the features' ``sqrt`` and ``log`` add
+      ``1e-4 e``). The features do not change when the gradients are rescaled, which is what lets one optimizer
+      train any network, only while ``|a_i| >> sqrt(e)``: below, ``a_i / sqrt(ms_i)`` fades to 0 and the relative log
+      mean squares flatten, so the direction no longer depends on the loss. At the default ``1e-12`` (the paper's
+      constant) that happens below gradients of ~1e-6, which a wide ReLU net that fits its training set reaches within
+      a few hundred steps and then keeps for thousands (gradients 1e-6-1e-10, docs/algorithms.md §2.11). In float32
+      ``e`` can go down to ~1e-30 (``a^2`` underflows below ~1e-38).
     state_dtype: dtype of the per-parameter state (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`): ``h``, the
       decays, ``l``, the momenta and mean squares. The attention's ``true_param`` stays float32: it is a copy of the
       parameters, not a statistic, and rounding it would move the parameters by up to 2^-9 of their value per step.
@@ -279,6 +288,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
   relative_step_floor: float = 1e-2
   max_scale_growth: float | None = None
   min_gradient_rms: float | None = None
+  mean_square_eps: float = 1e-12
   state_dtype: str = 'float32'
 
   def __post_init__(self):
@@ -326,6 +336,9 @@ class HierarchicalRNN(base.LearnedOptimizer):
     base.check_step_scale(self.step_scale, self.relative_step_floor, 'HierarchicalRNN')
     base.check_max_scale_growth(self.max_scale_growth, self.step_scale, 'HierarchicalRNN')
     base.check_min_gradient_rms(self.min_gradient_rms, 'HierarchicalRNN')
+    if not base.is_positive_finite(self.mean_square_eps):
+      fail(f'mean_square_eps must be a finite number > 0 (added to the squared momenta; 1e-12 is the paper\'s), '
+           f'got {self.mean_square_eps!r}.')
 
   @property
   def log_lr_bounds(self) -> tuple[float, float]:
@@ -473,17 +486,18 @@ class HierarchicalRNN(base.LearnedOptimizer):
     rms_decay = jnp.where(state.count == 0, 0.0, state.rms_decay)
     decay = state.input_decay
     momenta, mean_squares, scaled, log_ms = [], [], [], []
+    ms_eps, rms_eps = self.mean_square_eps, self.mean_square_eps * _FEATURE_RMS_EPS_RATIO
     for i in range(self.num_scales):
       if i:
         decay = jnp.sqrt(decay)  # each accumulator on twice the previous one's timescale
       momentum = (1.0 - decay) * grads_flat + decay * state.momenta[i]
       # The first mean square is a^2 itself (the released code tests "ms is all zeros"; ms > 0 after any step).
-      mean_square = (1.0 - rms_decay) * (momentum ** 2 + _MS_EPS) + rms_decay * state.mean_squares[i]
+      mean_square = (1.0 - rms_decay) * (momentum ** 2 + ms_eps) + rms_decay * state.mean_squares[i]
       momenta.append(momentum)
       mean_squares.append(mean_square)
-      scaled.append(_asinh(momentum / jnp.sqrt(mean_square + _RMS_EPS)))
+      scaled.append(_asinh(momentum / jnp.sqrt(mean_square + rms_eps)))
       if self.use_relative_log_ms:
-        log_ms.append(jnp.log(mean_square + _RMS_EPS))
+        log_ms.append(jnp.log(mean_square + rms_eps))
     out = {'momenta': jnp.stack(momenta), 'mean_squares': jnp.stack(mean_squares), 'scaled': jnp.stack(scaled)}
     features = list(scaled)
     if self.use_grad_products:

@@ -83,6 +83,10 @@ def assert_close_per_tensor(got_flat, expected_per_tensor, rtol, atol=None):
     ('min_log_lr', 40.0, 'min_log_lr must be below max_log_lr'),
     ('global_input', 'first', 'global_input'),
     ('lr_init_seed', 1.5, 'lr_init_seed'),
+    ('mean_square_eps', 0.0, 'mean_square_eps'),
+    ('mean_square_eps', -1e-12, 'mean_square_eps'),
+    ('mean_square_eps', float('inf'), 'mean_square_eps'),
+    ('mean_square_eps', True, 'mean_square_eps'),
 ])
 def test_invalid_config_raises_naming_the_field(field, value, message):
   with pytest.raises(ValueError, match=message):
@@ -178,6 +182,34 @@ def test_config_round_trip_and_defaults():
   assert (opt.cell_sizes, opt.num_scales, opt.max_log_lr, opt.global_input, opt.use_attention) == (
       (10, 20, 20), 4, 33.0, 'mean', False)
   assert opt.num_features == 12
+  assert opt.mean_square_eps == 1e-12  # the paper's constant; the numpy reference below hard-codes it
+  small = HierarchicalRNN(mean_square_eps=1e-20)
+  assert HierarchicalRNN.from_config(small.config()) == small
+
+
+def test_mean_square_eps_keeps_the_features_scale_invariant_down_to_its_square_root():
+  # The features a / sqrt(ms) and the relative log mean squares do not change when every gradient is multiplied by
+  # the same c, as long as a^2 >> mean_square_eps (per element). Gradients times 1e-6 put tensors 's' and 'w' at
+  # RMS 1e-5 and 1e-6: at the default's sqrt(1e-12) = 1e-6 their features fade; mean_square_eps = 1e-20 (sqrt 1e-10)
+  # keeps them. ('b', at 1e-9, has elements near sqrt(1e-20) and is left out of the comparison.)
+  params = make_params()
+  def features(opt, scale):
+    tx = opt.transform(opt.init(jax.random.PRNGKey(0)))
+    state = tx.init(params)
+    for step in range(3):  # from the second step on, the mean squares are decayed averages
+      grads = jax.tree.map(lambda g: scale * g, make_grads(step))
+      out = opt.input_features(grads, state, params)
+      state = tx.update(grads, state, params)[1]
+    return out
+  columns = slice(5, NUM_PARAMS)  # 's' and 'w' (leaf order b, s, w)
+  for eps, invariant in [(1e-20, True), (1e-12, False)]:
+    opt = HierarchicalRNN(mean_square_eps=eps)
+    unit, small = features(opt, 1.0), features(opt, 1e-6)
+    for key in ('scaled', 'relative_log_ms'):
+      difference = np.abs(np.asarray(small[key]) - np.asarray(unit[key]))[:, columns].max()
+      # Invariant: float32 rounding of the rescaled gradients plus an eps 1e-8 of a^2 or less: measured 3e-5.
+      # Faded: 0.016 ('s', relative log ms) to 2.2 ('w', scaled), measured.
+      assert (difference < 1e-4) == invariant, (eps, key, difference)
 
 
 def test_meta_params_are_float32_dicts_with_spec_sizes():

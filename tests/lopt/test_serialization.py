@@ -328,6 +328,15 @@ def test_config_field_the_architecture_no_longer_has(saved):
     serialization.load(path, architectures=TOY)
 
 
+def test_config_written_before_a_field_existed_loads_with_its_default(saved):
+  # Fields added later (the HRNN's min_gradient_rms, mean_square_eps) default to the behaviour files had before, so
+  # a file without them still loads and behaves as it did.
+  path, _ = saved
+  _rewrite(path, edit_header=lambda h: h['config'].pop('decay'))
+  optimizer, _ = serialization.load(path, architectures=TOY)
+  assert optimizer == ScaledSGD()
+
+
 def test_config_whose_leaf_shape_no_longer_matches(saved):
   path, _ = saved
   _rewrite(path, edit_header=lambda h: h['config'].update(num_features=3))
