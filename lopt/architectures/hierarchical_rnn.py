@@ -16,7 +16,7 @@ One step, for a parameter with gradient ``g`` (per element unless "per tensor" i
 
 1. Input decays ``d_1 = inp_decay`` (state), ``d_{i+1} = sqrt(d_i)``; momenta ``a_i <- (1 - d_i) g + d_i a_i``.
 2. Mean squares ``ms_i <- (1 - s)(a_i^2 + e) + s ms_i`` with ``s = rms_decay`` (state), ``s = 0`` on the first step,
-   and ``e = mean_square_eps`` (1e-12 by default).
+   and ``e = mean_square_eps`` (1e-12 by default; per tensor with ``relative_mean_square_eps``).
 3. Features ``x_i = asinh(a_i / sqrt(ms_i + 1e-4 e))``; products ``x_i x_{i+1}``; relative log mean squares
    ``L_i - mean_j L_j`` with ``L_i = log(ms_i + 1e-4 e)``; relative log learning rate ``l - mean(l)`` where the mean is
    over **all elements of all tensors**. 12 features by default.
@@ -92,6 +92,7 @@ import numpy as np
 import optax
 
 from lopt import base
+from lopt import features as feature_ops
 from lopt import gru
 
 # Constants of docs/algorithms.md §2.8 that are not hyperparameters of the architecture (they define the initial
@@ -106,6 +107,7 @@ _LR_MOMENTUM_LOGIT_INIT = 3.2
 _STEP_SIZE_OFFSET_INIT = -1.0
 _RMS_EPS = 1e-16  # in the direction's normalisation (step 6)
 _FEATURE_RMS_EPS_RATIO = 1e-4  # inside the features' sqrt / log, relative to mean_square_eps (1e-16 at the default)
+_MIN_MEAN_SQUARE_EPS = 1e-30  # floor of the per-tensor e (relative_mean_square_eps); a^2 underflows below ~1e-38
 
 _GLOBAL_INPUTS = ('mean', 'last')
 # The state arrays over all N parameters, stored in ``state_dtype`` (true_param excepted: see HierarchicalRNN).
@@ -264,7 +266,14 @@ class HierarchicalRNN(base.LearnedOptimizer):
       mean squares flatten, so the direction no longer depends on the loss. At the default ``1e-12`` (the paper's
       constant) that happens below gradients of ~1e-6, which a wide ReLU net that fits its training set reaches within
       a few hundred steps and then keeps for thousands (gradients 1e-6-1e-10, docs/algorithms.md §2.11). In float32
-      ``e`` can go down to ~1e-30 (``a^2`` underflows below ~1e-38).
+      ``e`` can go down to ~1e-30 (``a^2`` underflows below ~1e-38). A smaller constant also stops fading the
+      elements whose gradients are tiny within a tensor whose gradients are not (dead or rarely active units); on
+      the validation suite's 512-512 nets that made training worse (docs/algorithms.md §2.11).
+    relative_mean_square_eps: ``None`` (default: ``e`` is the constant above) or ``k > 0``: per tensor and timescale
+      ``e_T = clip(k mean_T(a_i^2), 1e-30, mean_square_eps)``. Tensors whose momentum RMS is above
+      ``sqrt(mean_square_eps / k)`` are unchanged; below, ``e_T`` scales with the tensor's gradients, so its features
+      do not fade however small they get, and within the tensor the elements below ``sqrt(k)`` times its RMS still
+      fade as they would at that RMS.
     state_dtype: dtype of the per-parameter state (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`): ``h``, the
       decays, ``l``, the momenta and mean squares. The attention's ``true_param`` stays float32: it is a copy of the
       parameters, not a statistic, and rounding it would move the parameters by up to 2^-9 of their value per step.
@@ -289,6 +298,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
   max_scale_growth: float | None = None
   min_gradient_rms: float | None = None
   mean_square_eps: float = 1e-12
+  relative_mean_square_eps: float | None = None
   state_dtype: str = 'float32'
 
   def __post_init__(self):
@@ -339,6 +349,9 @@ class HierarchicalRNN(base.LearnedOptimizer):
     if not base.is_positive_finite(self.mean_square_eps):
       fail(f'mean_square_eps must be a finite number > 0 (added to the squared momenta; 1e-12 is the paper\'s), '
            f'got {self.mean_square_eps!r}.')
+    if self.relative_mean_square_eps is not None and not base.is_positive_finite(self.relative_mean_square_eps):
+      fail(f'relative_mean_square_eps must be None or a finite number > 0 (e per tensor is at most that multiple of '
+           f'the mean squared momentum; 1e-6 is typical), got {self.relative_mean_square_eps!r}.')
 
   @property
   def log_lr_bounds(self) -> tuple[float, float]:
@@ -479,18 +492,30 @@ class HierarchicalRNN(base.LearnedOptimizer):
   # ----------------------------------------------------------------------------------------------------------------
   # The step, on the flat feature-major layout.
 
-  def _input_features(self, state: HierarchicalRNNState, grads_flat: jax.Array) -> dict[str, jax.Array]:
+  def _mean_square_eps(self, momentum: jax.Array, sizes: tuple[int, ...]):
+    """``e`` of step 2 for one timescale: the constant ``mean_square_eps``, or with ``relative_mean_square_eps = k``
+    per tensor ``clip(k mean_T(a^2), 1e-30, mean_square_eps)`` broadcast to its elements (the floor keeps
+    ``a / sqrt(ms)`` finite for a tensor whose gradients are all exactly 0)."""
+    if self.relative_mean_square_eps is None:
+      return self.mean_square_eps
+    per_tensor = feature_ops.segment_mean(jnp.square(momentum)[None], sizes)
+    per_tensor = jnp.clip(self.relative_mean_square_eps * per_tensor, _MIN_MEAN_SQUARE_EPS, self.mean_square_eps)
+    return feature_ops.segment_broadcast(per_tensor, sizes)[0]
+
+  def _input_features(self, state: HierarchicalRNNState, grads_flat: jax.Array,
+                      sizes: tuple[int, ...]) -> dict[str, jax.Array]:
     """Steps 1-3 of the module docstring: new momenta and mean squares, and the parameter GRU's input features."""
     # Row by row over the S timescales (rather than on stacked [S, N] arrays), so that XLA sees S independent
     # elementwise chains and no reductions over the short axis.
     rms_decay = jnp.where(state.count == 0, 0.0, state.rms_decay)
     decay = state.input_decay
     momenta, mean_squares, scaled, log_ms = [], [], [], []
-    ms_eps, rms_eps = self.mean_square_eps, self.mean_square_eps * _FEATURE_RMS_EPS_RATIO
     for i in range(self.num_scales):
       if i:
         decay = jnp.sqrt(decay)  # each accumulator on twice the previous one's timescale
       momentum = (1.0 - decay) * grads_flat + decay * state.momenta[i]
+      ms_eps = self._mean_square_eps(momentum, sizes)
+      rms_eps = ms_eps * _FEATURE_RMS_EPS_RATIO
       # The first mean square is a^2 itself (the released code tests "ms is all zeros"; ms > 0 after any step).
       mean_square = (1.0 - rms_decay) * (momentum ** 2 + ms_eps) + rms_decay * state.mean_squares[i]
       momenta.append(momentum)
@@ -528,11 +553,11 @@ class HierarchicalRNN(base.LearnedOptimizer):
     base.check_state(state, params, lambda p: self.init_state(self.init(jax.random.PRNGKey(0)), p),
                      type(self).__name__)
     layout = _Layout.of(jax.tree.leaves(params))
-    return self._input_features(self._load(state), layout.flatten(base.leaves_f32(grads)))
+    return self._input_features(self._load(state), layout.flatten(base.leaves_f32(grads)), layout.sizes)
 
   def _step(self, meta, layout: _Layout, grads_flat, params_flat, state: HierarchicalRNNState,
             gradient_rms: list[jax.Array] | None = None):
-    inputs = self._input_features(state, grads_flat)
+    inputs = self._input_features(state, grads_flat, layout.sizes)
     features = inputs['features']
     tensor_prev, global_prev = state.tensor_hidden, state.global_hidden
     h0, f = self.cell_sizes[0], self.num_features

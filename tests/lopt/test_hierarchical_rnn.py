@@ -87,6 +87,8 @@ def assert_close_per_tensor(got_flat, expected_per_tensor, rtol, atol=None):
     ('mean_square_eps', -1e-12, 'mean_square_eps'),
     ('mean_square_eps', float('inf'), 'mean_square_eps'),
     ('mean_square_eps', True, 'mean_square_eps'),
+    ('relative_mean_square_eps', 0.0, 'relative_mean_square_eps'),
+    ('relative_mean_square_eps', float('nan'), 'relative_mean_square_eps'),
 ])
 def test_invalid_config_raises_naming_the_field(field, value, message):
   with pytest.raises(ValueError, match=message):
@@ -210,6 +212,43 @@ def test_mean_square_eps_keeps_the_features_scale_invariant_down_to_its_square_r
       # Invariant: float32 rounding of the rescaled gradients plus an eps 1e-8 of a^2 or less: measured 3e-5.
       # Faded: 0.016 ('s', relative log ms) to 2.2 ('w', scaled), measured.
       assert (difference < 1e-4) == invariant, (eps, key, difference)
+
+
+def _features_after_three_steps(opt, grad_scales):
+  """``opt.input_features`` at the third step, with each tensor's gradients multiplied by ``grad_scales[name]``."""
+  params = make_params()
+  tx = opt.transform(opt.init(jax.random.PRNGKey(0)))
+  state = tx.init(params)
+  for step in range(3):
+    grads = {k: grad_scales.get(k, 1.0) * g for k, g in make_grads(step).items()}
+    out = opt.input_features(grads, state, params)
+    state = tx.update(grads, state, params)[1]
+  return out
+
+
+def test_relative_mean_square_eps_makes_each_tensors_features_invariant_to_its_gradient_scale():
+  # With relative_mean_square_eps = k, a tensor whose mean squared momentum is below mean_square_eps / k gets
+  # e_T = k mean_T(a^2): rescaling that tensor's gradients rescales e_T with them, so its features do not change.
+  # 'w' (gradient RMS 1) at 1e-4 and at 1e-8: both below the cap's RMS sqrt(1e-12 / 1e-6) = 1e-3.
+  opt = HierarchicalRNN(relative_mean_square_eps=1e-6)
+  w = slice(6, NUM_PARAMS)  # leaf order b, s, w
+  small, tiny = (_features_after_three_steps(opt, {'w': c}) for c in (1e-4, 1e-8))
+  for key in ('scaled', 'relative_log_ms'):
+    # float32 rounding of the rescaled gradients and of log(ms) (~ -37 at 1e-8: ulp 4e-6): measured 2e-7 and 4e-6.
+    np.testing.assert_allclose(np.asarray(tiny[key])[:, w], np.asarray(small[key])[:, w], atol=1e-4, err_msg=key)
+  # The constant e fades the same tensor at 1e-8 (measured 2.2 apart).
+  constant = [_features_after_three_steps(HierarchicalRNN(), {'w': c}) for c in (1e-4, 1e-8)]
+  assert np.abs(np.asarray(constant[1]['scaled'])[:, w] - np.asarray(constant[0]['scaled'])[:, w]).max() > 0.5
+  # Tensors with larger gradients keep the constant: 's' (RMS 10) is bitwise the default's.
+  default = _features_after_three_steps(HierarchicalRNN(), {'w': 1e-8})
+  np.testing.assert_array_equal(np.asarray(tiny['scaled'])[:, 5], np.asarray(default['scaled'])[:, 5])
+
+
+def test_relative_mean_square_eps_keeps_features_finite_at_exactly_zero_gradients():
+  out = _features_after_three_steps(HierarchicalRNN(relative_mean_square_eps=1e-6), {'w': 0.0})
+  for key in ('scaled', 'relative_log_ms', 'features'):
+    assert np.all(np.isfinite(np.asarray(out[key]))), key
+  np.testing.assert_array_equal(np.asarray(out['scaled'])[:, 6:], 0.0)
 
 
 def test_meta_params_are_float32_dicts_with_spec_sizes():
