@@ -20,8 +20,8 @@ The project keeps three disjoint sets of problems (``docs/evaluation_protocol.md
 ``patches8_autoencoder``       64-32-8-32-64 tanh autoencoder of 8x8 patches, batch 128
 ``wine_mlp``                   13-32-3 ReLU classifier on ``wine``, batch 32
 ``wine_mlp_512x512``           13-512-512-3 ReLU classifier on ``wine``, batch 32 (a wide net that fits its 107
-                               training rows exactly: the gradients fall to 1e-8-1e-11 and stay there, the regime in
-                               which a step that does not vanish with the gradient makes the loss climb back)
+                               training rows exactly: per-tensor gradient RMS falls to 1e-7 and below and stays there,
+                               the regime in which the HRNN's features fade and its loss climbed back)
 ``diabetes_mlp``               10-32-32-1 tanh regression on ``diabetes``, batch 32
 ``quadratic_1024``             Wichrowska's 1024-dimensional quadratic
 ``rescale350_quadratic_50``    a 50-dimensional quadratic on parameters 350 times larger

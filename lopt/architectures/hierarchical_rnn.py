@@ -351,7 +351,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
            f'got {self.mean_square_eps!r}.')
     if self.relative_mean_square_eps is not None and not base.is_positive_finite(self.relative_mean_square_eps):
       fail(f'relative_mean_square_eps must be None or a finite number > 0 (e per tensor is at most that multiple of '
-           f'the mean squared momentum; 1e-6 is typical), got {self.relative_mean_square_eps!r}.')
+           f'the mean squared momentum; 1e-4 was tried), got {self.relative_mean_square_eps!r}.')
 
   @property
   def log_lr_bounds(self) -> tuple[float, float]:
