@@ -139,6 +139,15 @@ def check_step_scale(step_scale, relative_step_floor, owner: str) -> None:
     raise ValueError(f'{owner}.relative_step_floor must be a finite number > 0, got {relative_step_floor!r}.')
 
 
+def check_positive_finite(name: str, value, owner: str, *, meaning: str, optional: bool = True) -> None:
+  """``ValueError`` unless the option ``name`` is a finite number > 0 (or ``None`` when ``optional``); ``meaning``
+  says what the value is, for the message."""
+  if (value is None and optional) or is_positive_finite(value):
+    return
+  allowed = 'None or a finite number > 0' if optional else 'a finite number > 0'
+  raise ValueError(f'{owner}.{name} must be {allowed} ({meaning}), got {value!r}.')
+
+
 def check_relative_step_bound(name: str, value, step_scale, owner: str, *, bounds: str, meaning: str,
                               may_be_traced: bool = False) -> None:
   """``ValueError`` unless the option ``name`` is ``None``, or a finite number > 0 (or, with ``may_be_traced``, a
@@ -150,8 +159,8 @@ def check_relative_step_bound(name: str, value, step_scale, owner: str, *, bound
   if step_scale != 'relative':
     raise ValueError(f"{owner}.{name} bounds {bounds}; it needs step_scale='relative' (got step_scale={step_scale!r}): "
                      f"set step_scale='relative' or {name}=None.")
-  if not (may_be_traced and is_traced(value)) and not is_positive_finite(value):
-    raise ValueError(f'{owner}.{name} must be None or a finite number > 0 ({meaning}), got {value!r}.')
+  if not (may_be_traced and is_traced(value)):
+    check_positive_finite(name, value, owner, meaning=meaning)
 
 
 def check_max_scale_growth(max_scale_growth, step_scale, owner: str) -> None:
@@ -164,9 +173,8 @@ def check_max_scale_growth(max_scale_growth, step_scale, owner: str) -> None:
 
 def check_min_gradient_rms(min_gradient_rms, owner: str) -> None:
   """``ValueError`` unless ``min_gradient_rms`` is ``None`` or a finite number > 0 (docs/algorithms.md §2.11)."""
-  if min_gradient_rms is not None and not is_positive_finite(min_gradient_rms):
-    raise ValueError(f"{owner}.min_gradient_rms must be None or a finite number > 0 (the gradient RMS below which a "
-                     f"tensor's step shrinks in proportion; 1e-8 is typical), got {min_gradient_rms!r}.")
+  check_positive_finite('min_gradient_rms', min_gradient_rms, owner,
+                        meaning="the gradient RMS below which a tensor's step shrinks in proportion; 1e-8 is typical")
 
 
 def gradient_gate(gradient_rms: jax.Array, min_gradient_rms: float) -> jax.Array:

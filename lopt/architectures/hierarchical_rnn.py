@@ -346,12 +346,11 @@ class HierarchicalRNN(base.LearnedOptimizer):
     base.check_step_scale(self.step_scale, self.relative_step_floor, 'HierarchicalRNN')
     base.check_max_scale_growth(self.max_scale_growth, self.step_scale, 'HierarchicalRNN')
     base.check_min_gradient_rms(self.min_gradient_rms, 'HierarchicalRNN')
-    if not base.is_positive_finite(self.mean_square_eps):
-      fail(f'mean_square_eps must be a finite number > 0 (added to the squared momenta; 1e-12 is the paper\'s), '
-           f'got {self.mean_square_eps!r}.')
-    if self.relative_mean_square_eps is not None and not base.is_positive_finite(self.relative_mean_square_eps):
-      fail(f'relative_mean_square_eps must be None or a finite number > 0 (e per tensor is at most that multiple of '
-           f'the mean squared momentum; 1e-4 was tried), got {self.relative_mean_square_eps!r}.')
+    base.check_positive_finite('mean_square_eps', self.mean_square_eps, 'HierarchicalRNN', optional=False,
+                               meaning="added to the squared momenta; 1e-12 is the paper's")
+    base.check_positive_finite('relative_mean_square_eps', self.relative_mean_square_eps, 'HierarchicalRNN',
+                               meaning='e per tensor is at most that multiple of the mean squared momentum; 1e-4 '
+                                       'was tried')
 
   @property
   def log_lr_bounds(self) -> tuple[float, float]:
