@@ -15,6 +15,10 @@ The project keeps three disjoint sets of problems (``docs/evaluation_protocol.md
 ``patches8_mlp_512x512``       64-512-512-8 ReLU MLP on 8x8 patches, batch 128 (a wide net, as the robustness
                                checks ask)
 ``patches28_mlp_512x512``      784-512-512-8 ReLU MLP on 28x28 patches, batch 128 (MNIST's input size)
+``patches8_photograph_mlp_512x512``
+                               64-512-512-2 ReLU MLP on 1,197 textured 8x8 patches labelled by photograph, batch
+                               128: fits its training set to a loss of ~1e-3 within ~1,000 steps, the regime in which
+                               a learned optimizer must keep the loss down once the gradients are small
 ``patches16_mlp_tanh``         256-128-8 tanh MLP on 16x16 patches, batch 128
 ``patches16_conv``             3-layer ReLU ConvNet (8, 16, 16 channels) on 16x16 patches, batch 64
 ``patches8_autoencoder``       64-32-8-32-64 tanh autoencoder of 8x8 patches, batch 128
@@ -56,7 +60,8 @@ WICHROWSKA_VALIDATION = ('quadratic_1024', 'rescale350_quadratic_50', 'styblinsk
                          'norm_22_p3')
 
 #: Every task name of the suite, in order.
-ALL_TASKS = (('patches8_mlp_64', 'patches8_mlp_512x512', 'patches28_mlp_512x512', 'patches16_mlp_tanh',
+ALL_TASKS = (('patches8_mlp_64', 'patches8_mlp_512x512', 'patches28_mlp_512x512',
+             'patches8_photograph_mlp_512x512', 'patches16_mlp_tanh',
              'patches16_conv', 'patches8_autoencoder', 'wine_mlp', 'wine_mlp_512x512', 'diabetes_mlp')
              + WICHROWSKA_VALIDATION)
 
@@ -72,6 +77,8 @@ def _build(name: str) -> tuple[tasks.Task, bool]:
     return tasks.mlp_task(datasets.load_image_patches(size=8), (512, 512), 'relu', batch_size=128), True
   if name == 'patches28_mlp_512x512':
     return tasks.mlp_task(datasets.load_image_patches(size=28), (512, 512), 'relu', batch_size=128), True
+  if name == 'patches8_photograph_mlp_512x512':
+    return tasks.mlp_task(datasets.load_photograph_patches(size=8), (512, 512), 'relu', batch_size=128), True
   if name == 'patches16_mlp_tanh':
     return tasks.mlp_task(datasets.load_image_patches(size=16), (128,), 'tanh', batch_size=128), True
   if name == 'patches16_conv':

@@ -14,7 +14,7 @@ from tasks.test_functions import RosenbrockND, TestFunction, TestFunctionFamily
 from tasks import datasets, idx, image_classification, image_families, image_patches
 from tasks import synthetic_images
 from tasks.datasets import (DatasetNotFoundError, load_dataset, load_digits, load_fashion_mnist, load_mnist,
-                            load_image_patches, load_synthetic_images)
+                            load_image_patches, load_photograph_patches, load_synthetic_images)
 from tasks.idx import IdxFormatError, read_idx, write_idx
 from tasks.image_classification import ImageClassificationTask, conv_task, mlp_task
 from tasks.image_families import ConvNetFamily, FixedImageClassifierFamily, ImageTaskConfig, MLPFamily
@@ -32,4 +32,4 @@ __all__ += ['Bowl', 'BowlFamily', 'GradientNoise', 'GradientNoiseFamily', 'LogOb
 __all__ += ['ConvNetFamily', 'DatasetNotFoundError', 'FixedImageClassifierFamily', 'IdxFormatError',
             'ImageClassificationTask', 'ImageTaskConfig', 'MLPFamily', 'conv_task', 'datasets', 'idx',
             'image_classification', 'image_families', 'load_dataset', 'load_digits', 'load_fashion_mnist',
-            'load_image_patches', 'load_mnist', 'load_synthetic_images', 'mlp_task', 'read_idx', 'synthetic_images', 'write_idx']
+            'load_image_patches', 'load_mnist', 'load_photograph_patches', 'load_synthetic_images', 'mlp_task', 'read_idx', 'synthetic_images', 'write_idx']

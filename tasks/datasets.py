@@ -284,6 +284,15 @@ def load_image_patches(seed: int = 0, size: int = 16) -> ImageDataset:
                    pixel_scale=1 / 255, source=f'sklearn.datasets.load_sample_images, seed {seed}')
 
 
+@functools.lru_cache(maxsize=None)
+def load_photograph_patches(seed: int = 0, size: int = 8) -> ImageDataset:
+  """Textured ``size x size`` patches labelled by photograph (:func:`tasks.image_patches.photograph_patches`) on the
+  device, cached per ``(seed, size)``; named ``'image_patches<size>_photograph'``, 2 classes."""
+  images, labels, indices = image_patches.photograph_patches(seed, size)
+  return to_device(f'image_patches{size}_photograph', images, labels, indices, num_classes=2, pixel_scale=1 / 255,
+                   source=f'sklearn.datasets.load_sample_images, textured crops, seed {seed}')
+
+
 #: Loader of each dataset by name; ``load_dataset`` dispatches through it.
 LOADERS = {'fashion_mnist': load_fashion_mnist, 'mnist': load_mnist, 'digits': load_digits,
            'synthetic_images': load_synthetic_images}

@@ -30,6 +30,27 @@ def test_patches_are_deterministic_balanced_and_labelled_by_image_and_quadrant()
   assert abs(images[labels == 0].mean() - top_left_of_image0) < 10
 
 
+def test_photograph_patches_are_textured_labelled_by_photograph_and_deterministic():
+  images, labels, indices = image_patches.photograph_patches(seed=0, size=8)
+  again, again_labels, _ = image_patches.photograph_patches(seed=0, size=8)
+  np.testing.assert_array_equal(images, again)
+  np.testing.assert_array_equal(labels, again_labels)
+  assert {k: len(v) for k, v in indices.items()} == image_patches.PHOTOGRAPH_SPLIT_SIZES
+  assert images.shape == (sum(image_patches.PHOTOGRAPH_SPLIT_SIZES.values()), 8, 8)
+  assert set(np.unique(labels)) == {0, 1}
+  assert (images.reshape(len(images), -1).std(axis=1) > 10).all()
+  # They are the textured ones among generate()'s crops, in order, with the photograph (generate's label % 2).
+  pool, pool_labels, _ = image_patches.generate(0, 8, {'pool': image_patches.PHOTOGRAPH_POOL_SIZE})
+  textured = pool.reshape(len(pool), -1).std(axis=1) > 10
+  np.testing.assert_array_equal(images, pool[textured][:len(images)])
+  np.testing.assert_array_equal(labels, pool_labels[textured][:len(images)] % 2)
+
+
+def test_photograph_patches_name_the_fix_when_too_few_are_textured():
+  with pytest.raises(ValueError, match='lower min_std'):
+    image_patches.photograph_patches(min_std=200.0)
+
+
 def test_patch_size_is_checked():
   with pytest.raises(ValueError, match='patch size must be in'):
     image_patches.generate(size=0)
