@@ -27,6 +27,8 @@ The project keeps three disjoint sets of problems (``docs/evaluation_protocol.md
                                training rows exactly: per-tensor gradient RMS falls to 1e-7 and below and stays there,
                                the regime in which the HRNN's features fade and its loss climbed back)
 ``diabetes_mlp``               10-32-32-1 tanh regression on ``diabetes``, batch 32
+``diabetes_binary_mlp_64x64``  10-64-64-2 ReLU classifier on ``diabetes_binary`` (progression above the mean), batch
+                               32: a small net that can fit its 265 noisy training rows only by memorising them
 ``quadratic_1024``             Wichrowska's 1024-dimensional quadratic
 ``rescale350_quadratic_50``    a 50-dimensional quadratic on parameters 350 times larger
 ``styblinski_tang``            2-D Styblinski-Tang (several local minima)
@@ -62,11 +64,12 @@ WICHROWSKA_VALIDATION = ('quadratic_1024', 'rescale350_quadratic_50', 'styblinsk
 #: Every task name of the suite, in order.
 ALL_TASKS = (('patches8_mlp_64', 'patches8_mlp_512x512', 'patches28_mlp_512x512',
              'patches8_photograph_mlp_512x512', 'patches16_mlp_tanh',
-             'patches16_conv', 'patches8_autoencoder', 'wine_mlp', 'wine_mlp_512x512', 'diabetes_mlp')
+             'patches16_conv', 'patches8_autoencoder', 'wine_mlp', 'wine_mlp_512x512', 'diabetes_mlp',
+             'diabetes_binary_mlp_64x64')
              + WICHROWSKA_VALIDATION)
 
 #: The datasets the suite's networks train on (``docs/evaluation_protocol.md``; a test checks the disjointness).
-DATASETS = ('image_patches', 'wine', 'diabetes')
+DATASETS = ('image_patches', 'wine', 'diabetes', 'diabetes_binary')  # diabetes_binary: diabetes, thresholded
 
 
 def _build(name: str) -> tuple[tasks.Task, bool]:
@@ -91,6 +94,8 @@ def _build(name: str) -> tuple[tasks.Task, bool]:
     return tabular.TabularMLPTask('wine', (512, 512), 'relu', batch_size=32), True
   if name == 'diabetes_mlp':
     return tabular.TabularMLPTask('diabetes', (32, 32), 'tanh', batch_size=32), True
+  if name == 'diabetes_binary_mlp_64x64':
+    return tabular.TabularMLPTask('diabetes_binary', (64, 64), 'relu', batch_size=32), True
   if name in WICHROWSKA_VALIDATION:
     family = tasks.wichrowska2017()[name]
     return family.task(family.sample(jax.random.key(INSTANCE_SEED))), False

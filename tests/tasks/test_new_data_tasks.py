@@ -57,12 +57,12 @@ def test_patch_size_is_checked():
 
 
 @pytest.mark.parametrize('name, classes', [('wine', 3), ('breast_cancer', 2), ('iris', 3), ('diabetes', 0),
-                                           ('friedman1', 0)])
+                                           ('diabetes_binary', 2), ('friedman1', 0)])
 def test_tabular_splits_are_disjoint_standardised_and_the_loss_starts_near_chance(name, classes):
   splits = tabular.load_tabular(name)
   sizes = {k: v.features.shape[0] for k, v in splits.items()}
   assert sum(sizes.values()) == {'wine': 178, 'breast_cancer': 569, 'iris': 150, 'diabetes': 442,
-                                 'friedman1': 1000}[name]
+                                 'diabetes_binary': 442, 'friedman1': 1000}[name]
   train = np.asarray(splits['train'].features)
   np.testing.assert_allclose(train.mean(0), 0, atol=1e-5)
   np.testing.assert_allclose(train.std(0), 1, atol=1e-3)
@@ -74,6 +74,16 @@ def test_tabular_splits_are_disjoint_standardised_and_the_loss_starts_near_chanc
   # (LeCun-normal weights give outputs of variance ~1, so up to ~2 plus batch noise).
   normalised = float(task.normalizer(loss))
   assert 0.3 < normalised < 4.0
+
+
+def test_diabetes_binary_is_diabetes_thresholded_at_the_training_mean():
+  regression, binary = tabular.load_tabular('diabetes'), tabular.load_tabular('diabetes_binary')
+  for split in regression:
+    np.testing.assert_array_equal(np.asarray(binary[split].features), np.asarray(regression[split].features))
+    # The regression target is standardised with the training mean, so "above that mean" is "above 0".
+    np.testing.assert_array_equal(np.asarray(binary[split].targets), np.asarray(regression[split].targets) > 0)
+  labels = np.asarray(binary['train'].targets)
+  assert labels.dtype == np.int32 and 0.3 < labels.mean() < 0.6  # both classes well represented
 
 
 def test_tabular_unknown_dataset_is_named():
