@@ -39,6 +39,12 @@ PHOTOGRAPH_POOL_SIZE = 60000
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
+def _consecutive_indices(split_sizes) -> dict:
+  """Each split's indices into an array holding the splits back to back, in the order of ``split_sizes``."""
+  ends = np.cumsum(list(split_sizes.values()))
+  return {split: np.arange(end - count, end) for (split, count), end in zip(split_sizes.items(), ends)}
+
+
 def _grey_photographs() -> list[np.ndarray]:
   from sklearn.datasets import load_sample_images  # Lazy: only this loader needs scikit-learn (and Pillow).
   return [np.rint(image.astype(np.float64) @ _LUMA).astype(np.uint8) for image in load_sample_images().images]
@@ -70,11 +76,7 @@ def generate(seed: int = 0, size: int = 16, split_sizes=None) -> tuple[np.ndarra
   centre_y, centre_x = top + size / 2, left + size / 2
   quadrant = 2 * (centre_y >= height / 2) + (centre_x >= width / 2)
   labels = (2 * quadrant + which).astype(np.int32)
-  indices, start = {}, 0
-  for split, count in split_sizes.items():
-    indices[split] = np.arange(start, start + count)
-    start += count
-  return images, labels, indices
+  return images, labels, _consecutive_indices(split_sizes)
 
 
 def photograph_patches(seed: int = 0, size: int = 8, min_std: float = 10.0,
@@ -84,7 +86,8 @@ def photograph_patches(seed: int = 0, size: int = 8, min_std: float = 10.0,
   Half of all crops are nearly flat (sky, shadow: pixel standard deviation below ~2.5 of 255) and look the same in
   both photographs, so no network fits :func:`generate`'s labels on them. Keeping only crops whose pixel standard
   deviation exceeds ``min_std`` and labelling them by photograph alone (0: temple, 1: flower) gives a set whose
-  training split a 64-512-512 ReLU net fits to a loss of ~1e-3 to 1e-2 within ~1,000 steps (Adam at 1e-3), the regime
+  training split a 64-512-512 ReLU net fits (measured, 3 seeds: Adam at 1e-3 reaches a mean minibatch loss of ~0.03
+  over steps 1,000-1,500 and ~0.006 by step 5,000; the HRNN of candidate 9 ~5e-4 over steps 500-1,000), the regime
   in which a learned optimizer must keep its loss down once the gradients have become small.
 
   The candidates are the first :data:`PHOTOGRAPH_POOL_SIZE` crops of :func:`generate` with the same seed and size;
@@ -101,8 +104,4 @@ def photograph_patches(seed: int = 0, size: int = 8, min_std: float = 10.0,
     raise ValueError(f'only {len(keep)} of {PHOTOGRAPH_POOL_SIZE} crops have a pixel standard deviation above '
                      f'min_std={min_std}, and the splits need {needed}; lower min_std or ask for smaller splits.')
   keep = keep[:needed]
-  indices, start = {}, 0
-  for split, count in split_sizes.items():
-    indices[split] = np.arange(start, start + count)
-    start += count
-  return images[keep], (labels[keep] % 2).astype(np.int32), indices
+  return images[keep], (labels[keep] % 2).astype(np.int32), _consecutive_indices(split_sizes)

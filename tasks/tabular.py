@@ -2,17 +2,17 @@
 
 scikit-learn ships four tabular datasets of useful size with the package (no download):
 
-================  ========  ========  ==========================  ==========================================
-name              rows      features  target                      loss
-================  ========  ========  ==========================  ==========================================
-``wine``          178       13        3 cultivars                 softmax cross-entropy
-``breast_cancer`` 569       30        2 (malignant / benign)      softmax cross-entropy
-``iris``          150       4         3 species                   softmax cross-entropy
-``diabetes``      442       10        disease progression         mean squared error of the standardised target
-``diabetes_binary`` 442     10        2 (progression above the    softmax cross-entropy
-                                      training split's mean)
-``friedman1``     1000      10        Friedman #1 (generated)     mean squared error of the standardised target
-================  ========  ========  ==========================  ==========================================
+====================  ====  ========  ==================================  ====================================
+name                  rows  features  target                              loss
+====================  ====  ========  ==================================  ====================================
+``wine``              178   13        3 cultivars                         softmax cross-entropy
+``breast_cancer``     569   30        2 (malignant / benign)              softmax cross-entropy
+``iris``              150   4         3 species                           softmax cross-entropy
+``diabetes``          442   10        disease progression                 squared error, standardised target
+``diabetes_binary``   442   10        2 (progression above the training   softmax cross-entropy
+                                      split's mean)
+``friedman1``         1000  10        Friedman #1 (generated)             squared error, standardised target
+====================  ====  ========  ==================================  ====================================
 
 ``friedman1`` is the one generated table: Friedman's (1991) regression benchmark
 ``y = 10 sin(pi x1 x2) + 20 (x3 - 0.5)^2 + 10 x4 + 5 x5 + N(0, 1)`` on ``x ~ U[0, 1]^10`` (five inputs are noise),
