@@ -184,6 +184,50 @@ def gradient_gate(gradient_rms: jax.Array, min_gradient_rms: float) -> jax.Array
   return jnp.minimum(1.0, gradient_rms / min_gradient_rms)
 
 
+def check_attenuation_decays(decays, owner: str) -> None:
+  """``ValueError`` unless ``decays`` is ``None`` or a tuple ``(fast, slow)`` with ``0 <= fast < slow < 1``
+  (docs/algorithms.md §2.11)."""
+  if decays is None:
+    return
+  if (isinstance(decays, tuple) and len(decays) == 2
+      and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in decays)
+      and 0 <= decays[0] < decays[1] < 1):
+    return
+  raise ValueError(f'{owner}.attenuation_decays must be None or a tuple (fast, slow) of EMA decays with '
+                   f'0 <= fast < slow < 1 (the recent and the long-run average of each tensor\'s mean squared '
+                   f'gradient; (0.5, 0.999) was measured), got {decays!r}.')
+
+
+def gradient_mean_square_averages(averages: jax.Array, mean_squares: jax.Array,
+                                  decays: tuple[float, float]) -> jax.Array:
+  """The per-tensor ``[2, T]`` averages ``(fast, slow)`` of ``mean_T(g^2)`` after one more step:
+  ``v_k <- d_k v_k + (1 - d_k) mean_T(g^2)`` for ``d = decays`` (zero-initialised; see :func:`attenuation`)."""
+  d = jnp.asarray(decays, jnp.float32)[:, None]
+  return d * averages + (1.0 - d) * mean_squares[None, :]
+
+
+def attenuation(averages: jax.Array, count: jax.Array, decays: tuple[float, float]) -> jax.Array:
+  """``min(1, sqrt(v_fast_hat / v_slow_hat))`` per tensor: the factor a step is multiplied by once the gradient has
+  fallen below its long-run level (docs/algorithms.md §2.11).
+
+  ``averages`` are the ``[2, T]`` EMAs of :func:`gradient_mean_square_averages` after ``count`` (>= 1) steps;
+  ``v_hat = v / (1 - d^count)`` removes their zero-initialisation bias, as Adam's, so the factor is 1 on the first
+  step. A tensor whose recent gradients are as large as its long-run average (or larger) keeps its step; one whose
+  gradients have fallen by ``r`` takes ``1/sqrt(r)`` of it. This is the part of Adam's step size that a direction
+  normalised per tensor loses: Adam's ``m / sqrt(v)`` shrinks when the gradient falls below its
+  ``1 / (1 - b2)``-step average. All-zero gradients give 0.
+
+  The factor is a constant for meta-gradients (``stop_gradient``): its derivative with respect to the mean squares
+  is ``v_fast / v_slow^2``, which is 0/0 in float32 once a tensor's gradients vanish (``v_slow^2`` underflows below
+  ~1e-19). Meta-gradients still see the factor's value, through the step it multiplies; they ignore only how the
+  trajectory changes it.
+  """
+  count = jnp.asarray(count, jnp.float32)
+  d = jnp.asarray(decays, jnp.float32)[:, None]
+  unbiased = jax.lax.stop_gradient(averages) / (1.0 - d ** count)
+  return jnp.sqrt(jnp.minimum(unbiased[0] / (unbiased[1] + 1e-30), 1.0))
+
+
 def to_state(x: jax.Array, state_dtype: str) -> jax.Array:
   """Rounds a float32 per-parameter state array to ``state_dtype`` for storage (a no-op for float32)."""
   return jnp.asarray(x, state_dtype)

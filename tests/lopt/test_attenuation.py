@@ -1,0 +1,168 @@
+"""``attenuation_decays`` of the HRNN (docs/algorithms.md §2.11): each tensor's step is multiplied by
+``min(1, sqrt(v_fast / v_slow))``, bias-corrected EMAs of its ``mean_T(g^2)``, so the step shrinks once the gradient
+falls below its long-run level and is unchanged while it keeps it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lopt import HierarchicalRNN, base
+
+DECAYS = (0.5, 0.999)
+GRAD_SCALES = {'b': 1e-3, 'w': 1.0}  # tensors with very different gradient scales
+
+
+def _make(**kw):
+  return HierarchicalRNN(lr_init_range=(1e-3, 1e-2), min_log_lr=-8.0, max_log_lr=0.0, step_scale='relative', **kw)
+
+
+def _grads(step, scale):
+  keys = jax.random.split(jax.random.PRNGKey(100 + step), 2)
+  return {'b': scale['b'] * GRAD_SCALES['b'] * jax.random.normal(keys[0], (5,)),
+          'w': scale['w'] * GRAD_SCALES['w'] * jax.random.normal(keys[1], (3, 4))}
+
+
+def _meta(opt):
+  # Perturbed meta-parameters, so that zero-initialised readouts and every path of the network matter.
+  meta = opt.init(jax.random.PRNGKey(0))
+  leaves, treedef = jax.tree.flatten(meta)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  return jax.tree.unflatten(treedef, [v + 0.1 * jax.random.normal(k, jnp.shape(v)) for k, v in zip(keys, leaves)])
+
+
+def _updates_with_and_without(scales):
+  """Runs the plain and the attenuated optimizer side by side on the same gradients; at every step the attenuated one
+  is given the plain one's state too, so that the two updates differ only by the factor. Returns per step the plain
+  and attenuated updates and the gradients."""
+  plain, attenuated = _make(), _make(attenuation_decays=DECAYS)
+  meta = _meta(plain)
+  plain_tx, att_tx = plain.transform(meta), attenuated.transform(meta)
+  plain_update, att_update = jax.jit(plain_tx.update), jax.jit(att_tx.update)
+  params = {'b': jnp.linspace(-0.5, 0.5, 5), 'w': jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)}
+  plain_state, att_state = plain_tx.init(params), att_tx.init(params)
+  out = []
+  for step, scale in enumerate(scales):
+    grads = _grads(step, scale)
+    plain_updates, plain_state_next = plain_update(grads, plain_state, params)
+    att_updates, att_state = att_update(
+        grads, plain_state._replace(gradient_mean_squares=att_state.gradient_mean_squares), params)
+    out.append((plain_updates, att_updates, grads))
+    plain_state = plain_state_next
+    params = optax.apply_updates(params, plain_updates)
+  return out
+
+
+def _reference_factors(grad_history):
+  """numpy: bias-corrected EMAs of each tensor's mean squared gradient, then min(1, sqrt(fast / slow))."""
+  factors = []
+  for name in GRAD_SCALES:
+    fast = slow = 0.0
+    for count, grads in enumerate(grad_history, start=1):
+      ms = float(np.mean(np.asarray(grads[name], np.float64) ** 2))
+      fast = DECAYS[0] * fast + (1 - DECAYS[0]) * ms
+      slow = DECAYS[1] * slow + (1 - DECAYS[1]) * ms
+    ratio = (fast / (1 - DECAYS[0] ** count)) / (slow / (1 - DECAYS[1] ** count))
+    factors.append(min(1.0, np.sqrt(ratio)))
+  return dict(zip(GRAD_SCALES, factors))
+
+
+def test_off_by_default_with_no_state():
+  opt = HierarchicalRNN()
+  assert opt.attenuation_decays is None
+  state = opt.transform(opt.init(jax.random.PRNGKey(0))).init({'w': jnp.ones((3, 4)), 'b': jnp.ones(2)})
+  assert state.gradient_mean_squares.shape == (2, 0)
+  on = HierarchicalRNN(attenuation_decays=DECAYS)
+  state = on.transform(on.init(jax.random.PRNGKey(0))).init({'w': jnp.ones((3, 4)), 'b': jnp.ones(2)})
+  assert state.gradient_mean_squares.shape == (2, 2)  # fast and slow, per tensor
+
+
+def test_first_step_is_unchanged():
+  # Bias correction makes both averages equal mean_T(g^2) after one step: the factor is 1 up to float32 rounding of
+  # the two corrections (rtol 1e-6).
+  [(plain, attenuated, _)] = _updates_with_and_without([{'b': 1.0, 'w': 1.0}])
+  for name in GRAD_SCALES:
+    np.testing.assert_allclose(np.asarray(attenuated[name]), np.asarray(plain[name]), rtol=1e-6, err_msg=name)
+
+
+def test_a_tensor_whose_gradient_falls_takes_a_proportionally_smaller_step():
+  # 20 steps at the usual scale, then the gradient of 'w' falls 1e3 times while 'b' keeps its scale: 25 steps later
+  # (the fast EMA has forgotten all but 0.5^25 of the old level) 'w' steps ~1e3 times less than the plain optimizer,
+  # 'b' ~as much (its gradient has kept its level), and both factors equal the numpy reference. Tolerance: float32
+  # EMAs over 45 steps against float64 (rtol 1e-4).
+  scales = [{"b": 1.0, "w": 1.0}] * 20 + [{"b": 1.0, "w": 1e-3}] * 25
+  history = _updates_with_and_without(scales)
+  plain, attenuated, _ = history[-1]
+  expected = _reference_factors([grads for _, _, grads in history])
+  assert expected['w'] < 2e-3
+  for name in GRAD_SCALES:
+    got = np.asarray(attenuated[name]) / np.asarray(plain[name])
+    np.testing.assert_allclose(got, expected[name], rtol=1e-4, err_msg=name)
+
+
+def test_steady_gradients_keep_a_factor_near_one():
+  # Gradients of a steady scale (fresh noise every step): the factor is the square root of a ratio of two averages
+  # of the same mean square, ~1 with the fast average's noise. Over 60 steps of 12-element noise the smallest factor
+  # stays above 0.5 and the median above 0.9 (the fast EMA averages ~3 steps of a chi-square with 12 degrees of
+  # freedom, whose relative spread is ~0.4/sqrt(3)).
+  history = _updates_with_and_without([{'b': 1.0, 'w': 1.0}] * 60)
+  ratios = np.array([float(np.sqrt(np.mean(np.asarray(a['w']) ** 2) / np.mean(np.asarray(p['w']) ** 2)))
+                     for p, a, _ in history])
+  assert ratios.min() > 0.5 and np.median(ratios) > 0.9, ratios
+
+
+def test_attenuation_known_answer():
+  # Constant mean square: the bias-corrected averages are equal at every count, factor 1. Then a fall by 1e4 with
+  # fast = 0 (the fast average is the last step's mean square): the slow EMA and its correction in closed form.
+  averages = jnp.zeros((2, 1))
+  for count in range(1, 11):
+    averages = base.gradient_mean_square_averages(averages, jnp.array([2.0]), (0.0, 0.9))
+    np.testing.assert_allclose(np.asarray(base.attenuation(averages, count, (0.0, 0.9))), [1.0], rtol=1e-6)
+  averages = base.gradient_mean_square_averages(averages, jnp.array([2e-4]), (0.0, 0.9))
+  slow = 0.9 * 2.0 * (1 - 0.9 ** 10) + 0.1 * 2e-4  # the EMA after 10 steps at 2 and one at 2e-4
+  expected = np.sqrt(2e-4 / (slow / (1 - 0.9 ** 11)))
+  np.testing.assert_allclose(np.asarray(base.attenuation(averages, 11, (0.0, 0.9))), [expected], rtol=1e-5)
+  # All-zero gradients: no step.
+  zero = base.gradient_mean_square_averages(jnp.zeros((2, 1)), jnp.array([0.0]), DECAYS)
+  np.testing.assert_array_equal(np.asarray(base.attenuation(zero, 1, DECAYS)), [0.0])
+
+
+@pytest.mark.parametrize('bad', [(0.9,), (0.999, 0.5), (0.5, 1.0), (-0.1, 0.9), (0.5, float('nan')), [0.5, 0.999],
+                                 (True, 0.9)])
+def test_bad_decays_raise_naming_the_field(bad):
+  with pytest.raises(ValueError, match=r'attenuation_decays must be None or a tuple \(fast, slow\)'):
+    HierarchicalRNN(attenuation_decays=bad)
+
+
+def test_config_round_trip():
+  opt = HierarchicalRNN(attenuation_decays=DECAYS)
+  assert HierarchicalRNN.from_config(opt.config()) == opt
+
+
+def test_meta_gradient_is_finite_with_vanishing_gradients():
+  # One tensor starts at its minimum (all-zero gradients, where the factor's own derivative would be 0/0), the other
+  # is driven towards it: the meta-gradient through 30 steps stays finite (the factor is a constant for
+  # meta-gradients) and reaches the step size.
+  opt = _make(attenuation_decays=DECAYS)
+  target = {'w': jnp.full((3, 4), 0.3), 'b': jnp.zeros(5)}
+
+  def loss_fn(params):
+    return sum(jnp.sum((p - t) ** 2) for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(target)))
+
+  def meta_loss(meta):
+    tx = opt.transform(meta)
+    params = {'w': jnp.full((3, 4), 0.3), 'b': jnp.linspace(-0.1, 0.1, 5)}  # 'w' at its minimum: zero gradient
+
+    def body(carry, _):
+      params, state = carry
+      grads = jax.grad(loss_fn)(params)
+      updates, state = tx.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), None
+
+    (params, _), _ = jax.lax.scan(body, (params, tx.init(params)), None, length=30)
+    return loss_fn(params)
+
+  meta_grads = jax.jit(jax.grad(meta_loss))(opt.init(jax.random.PRNGKey(0)))
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(meta_grads))
+  assert optax.tree.norm(meta_grads['step_size_offset']) > 0
