@@ -206,9 +206,12 @@ def gradient_mean_square_averages(averages: jax.Array, mean_squares: jax.Array,
   return d * averages + (1.0 - d) * mean_squares[None, :]
 
 
-def attenuation(averages: jax.Array, count: jax.Array, decays: tuple[float, float]) -> jax.Array:
+def attenuation(averages: jax.Array, count: jax.Array, decays: tuple[float, float],
+                rises: bool = False) -> jax.Array:
   """``min(1, sqrt(v_fast_hat / v_slow_hat))`` per tensor: the factor a step is multiplied by once the gradient has
-  fallen below its long-run level (docs/algorithms.md §2.11).
+  fallen below its long-run level (docs/algorithms.md §2.11). With ``rises`` it is
+  ``sqrt(min(v_fast_hat / v_slow_hat, v_slow_hat / v_fast_hat))``: a gradient that has risen ``r`` times above its
+  long-run level also takes ``1/sqrt(r)`` of its step (a spike, where the step is most likely too large).
 
   ``averages`` are the ``[2, T]`` EMAs of :func:`gradient_mean_square_averages` after ``count`` (>= 1) steps;
   ``v_hat = v / (1 - d^count)`` removes their zero-initialisation bias, as Adam's, so the factor is 1 on the first
@@ -225,7 +228,10 @@ def attenuation(averages: jax.Array, count: jax.Array, decays: tuple[float, floa
   count = jnp.asarray(count, jnp.float32)
   d = jnp.asarray(decays, jnp.float32)[:, None]
   unbiased = jax.lax.stop_gradient(averages) / (1.0 - d ** count)
-  return jnp.sqrt(jnp.minimum(unbiased[0] / (unbiased[1] + 1e-30), 1.0))
+  ratio = jnp.minimum(unbiased[0] / (unbiased[1] + 1e-30), 1.0)
+  if rises:
+    ratio = jnp.minimum(ratio, unbiased[1] / (unbiased[0] + 1e-30))
+  return jnp.sqrt(ratio)
 
 
 def to_state(x: jax.Array, state_dtype: str) -> jax.Array:

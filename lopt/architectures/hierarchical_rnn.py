@@ -30,7 +30,8 @@ One step, for a parameter with gradient ``g`` (per element unless "per tensor" i
    ``step_scale='relative'`` it is ``-exp(l_step + o) max(rms_T(theta), floor) delta``, a relative learning rate
    (docs/algorithms.md §2.11). With ``min_gradient_rms = epsilon`` the update of a tensor is multiplied by
    ``min(1, rms_T(g) / epsilon)``; with ``attenuation_decays = (f, s)`` by ``min(1, sqrt(v_f / v_s))``, where
-   ``v_f`` and ``v_s`` are bias-corrected EMAs (decays ``f`` and ``s``) of the tensor's ``mean_T(g^2)``.
+   ``v_f`` and ``v_s`` are bias-corrected EMAs (decays ``f`` and ``s``) of the tensor's ``mean_T(g^2)``
+   (``sqrt(min(v_f / v_s, v_s / v_f))`` with ``attenuate_rises``).
 8. Global GRU: ``global' = GRU_20(mean over tensors of tensor', global)``.
 
 **Global input: the mean over tensors (``global_input='mean'``, default).** The paper describes the global RNN as
@@ -286,6 +287,11 @@ class HierarchicalRNN(base.LearnedOptimizer):
       long-run level takes ``1/sqrt(r)`` of its step, as Adam's does; where the gradient keeps its level the
       factor is ~1. ``(0.5, 0.999)`` was measured; a slower fast EMA (0.9) reacts too late to the first spike.
       Adds 2 floats per tensor to the state.
+    attenuate_rises: with ``attenuation_decays``, also shrink the step of a tensor whose gradient has *risen*
+      above its long-run level: the factor is ``sqrt(min(v_fast / v_slow, v_slow / v_fast))``. A small net that
+      memorises its training set oscillates between batches (single batches at 3-9x the initial loss while its
+      gradients are at their initial size) when the learned rate is too high for it; a gradient spike is where
+      the step is most likely too large (docs/algorithms.md §2.11).
     state_dtype: dtype of the per-parameter state (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`): ``h``, the
       decays, ``l``, the momenta and mean squares. The attention's ``true_param`` stays float32: it is a copy of the
       parameters, not a statistic, and rounding it would move the parameters by up to 2^-9 of their value per step.
@@ -312,6 +318,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
   mean_square_eps: float = 1e-12
   relative_mean_square_eps: float | None = None
   attenuation_decays: tuple[float, float] | None = None
+  attenuate_rises: bool = False
   state_dtype: str = 'float32'
 
   def __post_init__(self):
@@ -325,7 +332,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
       fail(f'cell_sizes must be a tuple of 3 positive ints (parameter, tensor, global GRU sizes), got {sizes!r}.')
     if not isinstance(self.num_scales, int) or isinstance(self.num_scales, bool) or self.num_scales < 1:
       fail(f'num_scales must be an int >= 1, got {self.num_scales!r}.')
-    for field in ('use_grad_products', 'use_relative_log_ms', 'use_relative_lr', 'use_attention'):
+    for field in ('use_grad_products', 'use_relative_log_ms', 'use_relative_lr', 'use_attention',
+                  'attenuate_rises'):
       if not isinstance(getattr(self, field), bool):
         fail(f'{field} must be a bool, got {getattr(self, field)!r}.')
     lr_range = self.lr_init_range
@@ -365,6 +373,9 @@ class HierarchicalRNN(base.LearnedOptimizer):
                                meaning='e per tensor is at most that multiple of the mean squared momentum; 1e-4 '
                                        'was tried')
     base.check_attenuation_decays(self.attenuation_decays, 'HierarchicalRNN')
+    if self.attenuate_rises and self.attenuation_decays is None:
+      fail('attenuate_rises=True needs attenuation_decays, the (fast, slow) EMA decays its factor is computed from; '
+           'set attenuation_decays=(0.5, 0.999), for example.')
 
   @property
   def log_lr_bounds(self) -> tuple[float, float]:
@@ -577,7 +588,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
     averages, attenuation = state.gradient_mean_squares, None
     if gradient_mean_squares is not None:
       averages = base.gradient_mean_square_averages(averages, gradient_mean_squares, self.attenuation_decays)
-      attenuation = base.attenuation(averages, optax.safe_increment(state.count), self.attenuation_decays)
+      attenuation = base.attenuation(averages, optax.safe_increment(state.count), self.attenuation_decays,
+                                     self.attenuate_rises)
     features = inputs['features']
     tensor_prev, global_prev = state.tensor_hidden, state.global_hidden
     h0, f = self.cell_sizes[0], self.num_features

@@ -32,11 +32,11 @@ def _meta(opt):
   return jax.tree.unflatten(treedef, [v + 0.1 * jax.random.normal(k, jnp.shape(v)) for k, v in zip(keys, leaves)])
 
 
-def _updates_with_and_without(scales):
+def _updates_with_and_without(scales, rises=False):
   """Runs the plain and the attenuated optimizer side by side on the same gradients; at every step the attenuated one
   is given the plain one's state too, so that the two updates differ only by the factor. Returns per step the plain
   and attenuated updates and the gradients."""
-  plain, attenuated = _make(), _make(attenuation_decays=DECAYS)
+  plain, attenuated = _make(), _make(attenuation_decays=DECAYS, attenuate_rises=rises)
   meta = _meta(plain)
   plain_tx, att_tx = plain.transform(meta), attenuated.transform(meta)
   plain_update, att_update = jax.jit(plain_tx.update), jax.jit(att_tx.update)
@@ -54,8 +54,9 @@ def _updates_with_and_without(scales):
   return out
 
 
-def _reference_factors(grad_history):
-  """numpy: bias-corrected EMAs of each tensor's mean squared gradient, then min(1, sqrt(fast / slow))."""
+def _reference_factors(grad_history, rises=False):
+  """numpy: bias-corrected EMAs of each tensor's mean squared gradient, then min(1, sqrt(fast / slow)) (with
+  ``rises``, sqrt of the smaller of fast / slow and slow / fast)."""
   factors = []
   for name in GRAD_SCALES:
     fast = slow = 0.0
@@ -64,7 +65,7 @@ def _reference_factors(grad_history):
       fast = DECAYS[0] * fast + (1 - DECAYS[0]) * ms
       slow = DECAYS[1] * slow + (1 - DECAYS[1]) * ms
     ratio = (fast / (1 - DECAYS[0] ** count)) / (slow / (1 - DECAYS[1] ** count))
-    factors.append(min(1.0, np.sqrt(ratio)))
+    factors.append(np.sqrt(min(ratio, 1.0 / ratio) if rises else min(1.0, ratio)))
   return dict(zip(GRAD_SCALES, factors))
 
 
@@ -101,6 +102,25 @@ def test_a_tensor_whose_gradient_falls_takes_a_proportionally_smaller_step():
     np.testing.assert_allclose(got, expected[name], rtol=1e-4, err_msg=name)
 
 
+def test_with_attenuate_rises_a_tensor_whose_gradient_rises_takes_a_smaller_step_too():
+  # As above, but the gradient of 'w' rises 1e3 times: without attenuate_rises its factor is 1 (bitwise the plain
+  # step, since the factor is exactly min(., 1) = 1); with it 'w' steps less, by sqrt(slow / fast). After only 45
+  # steps the bias correction divides the slow EMA by 1 - 0.999^45 = 0.044, so it already weighs the 25 new steps at
+  # ~56% and the factor is ~0.66 (a long run would give ~1e-3 right after the rise). Tolerance as above.
+  scales = [{'b': 1.0, 'w': 1.0}] * 20 + [{'b': 1.0, 'w': 1e3}] * 25
+  for rises in (False, True):
+    history = _updates_with_and_without(scales, rises)
+    plain, attenuated, _ = history[-1]
+    expected = _reference_factors([grads for _, _, grads in history], rises)
+    if rises:
+      assert 0.5 < expected['w'] < 0.8
+    else:
+      np.testing.assert_array_equal(np.asarray(attenuated['w']), np.asarray(plain['w']))
+    for name in GRAD_SCALES:
+      got = np.asarray(attenuated[name]) / np.asarray(plain[name])
+      np.testing.assert_allclose(got, expected[name], rtol=1e-4, err_msg=f'{name} rises={rises}')
+
+
 def test_steady_gradients_keep_a_factor_near_one():
   # Gradients of a steady scale (fresh noise every step): the factor is the square root of a ratio of two averages
   # of the same mean square, ~1 with the fast average's noise. Over 60 steps of 12-element noise the smallest factor
@@ -135,9 +155,17 @@ def test_bad_decays_raise_naming_the_field(bad):
     HierarchicalRNN(attenuation_decays=bad)
 
 
+def test_attenuate_rises_needs_decays():
+  with pytest.raises(ValueError, match='attenuate_rises=True needs attenuation_decays'):
+    HierarchicalRNN(attenuate_rises=True)
+  with pytest.raises(ValueError, match='attenuate_rises must be a bool'):
+    HierarchicalRNN(attenuation_decays=DECAYS, attenuate_rises=1)
+
+
 def test_config_round_trip():
-  opt = HierarchicalRNN(attenuation_decays=DECAYS)
-  assert HierarchicalRNN.from_config(opt.config()) == opt
+  for opt in (HierarchicalRNN(attenuation_decays=DECAYS), HierarchicalRNN(attenuation_decays=DECAYS,
+                                                                          attenuate_rises=True)):
+    assert HierarchicalRNN.from_config(opt.config()) == opt
 
 
 def test_meta_gradient_is_finite_with_vanishing_gradients():
