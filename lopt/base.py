@@ -184,18 +184,23 @@ def gradient_gate(gradient_rms: jax.Array, min_gradient_rms: float) -> jax.Array
   return jnp.minimum(1.0, gradient_rms / min_gradient_rms)
 
 
-def check_attenuation_decays(decays, owner: str) -> None:
-  """``ValueError`` unless ``decays`` is ``None`` or a tuple ``(fast, slow)`` with ``0 <= fast < slow < 1``
-  (docs/algorithms.md §2.11)."""
-  if decays is None:
-    return
-  if (isinstance(decays, tuple) and len(decays) == 2
-      and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in decays)
-      and 0 <= decays[0] < decays[1] < 1):
-    return
-  raise ValueError(f'{owner}.attenuation_decays must be None or a tuple (fast, slow) of EMA decays with '
-                   f'0 <= fast < slow < 1 (the recent and the long-run average of each tensor\'s mean squared '
-                   f'gradient; (0.5, 0.999) was measured), got {decays!r}.')
+#: Values of ``attenuation`` (docs/algorithms.md §2.11): which departures of a tensor's gradient from its long-run
+#: level shrink its step.
+ATTENUATIONS = ('falls', 'rises', 'both')
+
+
+def check_attenuation(attenuation, decays, owner: str) -> None:
+  """``ValueError`` unless ``attenuation`` is ``None`` or in :data:`ATTENUATIONS`, and ``decays`` is a tuple
+  ``(fast, slow)`` with ``0 <= fast < slow < 1`` (docs/algorithms.md §2.11)."""
+  if attenuation is not None and attenuation not in ATTENUATIONS:
+    raise ValueError(f"{owner}.attenuation must be None or one of {ATTENUATIONS} (which departures of a tensor's "
+                     f'gradient from its long-run level shrink its step), got {attenuation!r}.')
+  if not (isinstance(decays, tuple) and len(decays) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in decays)
+          and 0 <= decays[0] < decays[1] < 1):
+    raise ValueError(f'{owner}.attenuation_decays must be a tuple (fast, slow) of EMA decays with '
+                     f"0 <= fast < slow < 1 (the recent and the long-run average of each tensor's mean squared "
+                     f'gradient; (0.5, 0.999) was measured), got {decays!r}.')
 
 
 def gradient_mean_square_averages(averages: jax.Array, mean_squares: jax.Array,
@@ -206,19 +211,20 @@ def gradient_mean_square_averages(averages: jax.Array, mean_squares: jax.Array,
   return d * averages + (1.0 - d) * mean_squares[None, :]
 
 
-def attenuation(averages: jax.Array, count: jax.Array, decays: tuple[float, float],
-                rises: bool = False) -> jax.Array:
-  """``min(1, sqrt(v_fast_hat / v_slow_hat))`` per tensor: the factor a step is multiplied by once the gradient has
-  fallen below its long-run level (docs/algorithms.md §2.11). With ``rises`` it is
-  ``sqrt(min(v_fast_hat / v_slow_hat, v_slow_hat / v_fast_hat))``: a gradient that has risen ``r`` times above its
-  long-run level also takes ``1/sqrt(r)`` of its step (a spike, where the step is most likely too large).
+def attenuation(averages: jax.Array, count: jax.Array, decays: tuple[float, float], mode: str) -> jax.Array:
+  """The factor a tensor's step is multiplied by when its gradient departs from its long-run level
+  (docs/algorithms.md §2.11), from ``r = v_fast_hat / v_slow_hat``:
+
+  * ``'falls'``: ``sqrt(min(1, r))``, a gradient that has fallen ``r`` times below its long-run level takes
+    ``sqrt(r)`` of its step (the part of Adam's step size that a direction normalised per tensor loses: Adam's
+    ``m / sqrt(v)`` shrinks when the gradient falls below its ``1 / (1 - b2)``-step average);
+  * ``'rises'``: ``sqrt(min(1, 1 / r))``, a gradient spike shrinks the step (where it is most likely too large);
+  * ``'both'``: ``sqrt(min(r, 1 / r))``.
 
   ``averages`` are the ``[2, T]`` EMAs of :func:`gradient_mean_square_averages` after ``count`` (>= 1) steps;
   ``v_hat = v / (1 - d^count)`` removes their zero-initialisation bias, as Adam's, so the factor is 1 on the first
-  step. A tensor whose recent gradients are as large as its long-run average (or larger) keeps its step; one whose
-  gradients have fallen by ``r`` takes ``1/sqrt(r)`` of it. This is the part of Adam's step size that a direction
-  normalised per tensor loses: Adam's ``m / sqrt(v)`` shrinks when the gradient falls below its
-  ``1 / (1 - b2)``-step average. All-zero gradients give 0.
+  step. Gradients that are all exactly 0 give 0 with ``'falls'`` and ``'both'`` (no step without a gradient), 1 with
+  ``'rises'`` (they have not risen).
 
   The factor is a constant for meta-gradients (``stop_gradient``): its derivative with respect to the mean squares
   is ``v_fast / v_slow^2``, which is 0/0 in float32 once a tensor's gradients vanish (``v_slow^2`` underflows below
@@ -227,10 +233,12 @@ def attenuation(averages: jax.Array, count: jax.Array, decays: tuple[float, floa
   """
   count = jnp.asarray(count, jnp.float32)
   d = jnp.asarray(decays, jnp.float32)[:, None]
-  unbiased = jax.lax.stop_gradient(averages) / (1.0 - d ** count)
-  ratio = jnp.minimum(unbiased[0] / (unbiased[1] + 1e-30), 1.0)
-  if rises:
-    ratio = jnp.minimum(ratio, unbiased[1] / (unbiased[0] + 1e-30))
+  fast, slow = jax.lax.stop_gradient(averages) / (1.0 - d ** count)
+  ratio = jnp.ones_like(fast)
+  if mode in ('falls', 'both'):
+    ratio = jnp.minimum(ratio, fast / (slow + 1e-30))
+  if mode in ('rises', 'both'):
+    ratio = jnp.minimum(ratio, jnp.where(fast > slow, slow / jnp.where(fast > slow, fast, 1.0), 1.0))
   return jnp.sqrt(ratio)
 
 

@@ -29,9 +29,9 @@ One step, for a parameter with gradient ``g`` (per element unless "per tensor" i
    ``l <- m l + (1 - m) l_step`` with ``m = sigmoid(c)``, and the update is ``-exp(l_step + o) delta``; with
    ``step_scale='relative'`` it is ``-exp(l_step + o) max(rms_T(theta), floor) delta``, a relative learning rate
    (docs/algorithms.md §2.11). With ``min_gradient_rms = epsilon`` the update of a tensor is multiplied by
-   ``min(1, rms_T(g) / epsilon)``; with ``attenuation_decays = (f, s)`` by ``min(1, sqrt(v_f / v_s))``, where
-   ``v_f`` and ``v_s`` are bias-corrected EMAs (decays ``f`` and ``s``) of the tensor's ``mean_T(g^2)``
-   (``sqrt(min(v_f / v_s, v_s / v_f))`` with ``attenuate_rises``).
+   ``min(1, rms_T(g) / epsilon)``; with ``attenuation='falls'`` by ``sqrt(min(1, v_f / v_s))``, where ``v_f`` and
+   ``v_s`` are bias-corrected EMAs (decays ``attenuation_decays``) of the tensor's ``mean_T(g^2)``
+   (``'rises'``: ``sqrt(min(1, v_s / v_f))``; ``'both'``: ``sqrt(min(v_f / v_s, v_s / v_f))``).
 8. Global GRU: ``global' = GRU_20(mean over tensors of tensor', global)``.
 
 **Global input: the mean over tensors (``global_input='mean'``, default).** The paper describes the global RNN as
@@ -53,7 +53,7 @@ Implementation notes.
   shape (the program grows linearly with the number of tensors, not with their size). The per-parameter state is
   stored in the flat layout: 21 floats per parameter (``h`` 10, two decays, log learning rate, 4 momenta, 4 mean
   squares; +1 for the true parameter with attention), plus 21 floats per tensor (the tensor GRU's 20 and the
-  initial scale; +2 with ``attenuation_decays``) and 20 global.
+  initial scale; +2 with ``attenuation``) and 20 global.
 * The GRU cell is ``flax.linen.GRUCell``'s (see :mod:`lopt.gru` for how it differs from the TF ``BiasGRUCell``).
 * Per-parameter learning-rate initialisation (docs/algorithms.md §2.8) is random but ``optax``'s ``init(params)``
   takes no key: it is drawn from ``fold_in(PRNGKey(lr_init_seed), leaf_index)``, so it is deterministic given the
@@ -129,7 +129,7 @@ class HierarchicalRNNState(NamedTuple):
   tensor_hidden: jax.Array  # [T, H1] tensor-GRU states
   global_hidden: jax.Array  # [H2] global-GRU state
   initial_scale: jax.Array  # [T] max(rms(theta_0), relative_step_floor) per tensor, for max_scale_growth
-  gradient_mean_squares: jax.Array  # [2, T] fast and slow EMAs of mean_T(g^2) with attenuation_decays, else [2, 0]
+  gradient_mean_squares: jax.Array  # [2, T] fast and slow EMAs of mean_T(g^2) with attenuation, else [2, 0]
 
 
 class _Layout(NamedTuple):
@@ -277,21 +277,20 @@ class HierarchicalRNN(base.LearnedOptimizer):
       ``sqrt(mean_square_eps / k)`` are unchanged; below, ``e_T`` scales with the tensor's gradients, so its features
       do not fade however small they get, and within the tensor the elements below ``sqrt(k)`` times its RMS still
       fade as they would at that RMS.
-    attenuation_decays: ``None`` (default) or ``(fast, slow)``, EMA decays with ``0 <= fast < slow < 1``: each
-      tensor's step is multiplied by ``min(1, sqrt(v_fast / v_slow))``, where ``v_fast`` and ``v_slow`` are
-      bias-corrected EMAs of its ``mean_T(g^2)`` (:func:`lopt.base.attenuation`). The direction is normalised per
-      tensor, so the step follows the learned rate whatever the gradient's size; a net that fits its training set
-      sees its gradients fall 100-1000x within a few hundred steps while its relative steps stay the same, and the
-      loss climbs back (measured on ``diabetes_binary_mlp_64x64`` and the validation suite's 512-512 nets,
-      docs/algorithms.md §2.11). With the factor, a tensor whose gradients have fallen ``r`` times below their
-      long-run level takes ``1/sqrt(r)`` of its step, as Adam's does; where the gradient keeps its level the
-      factor is ~1. ``(0.5, 0.999)`` was measured; a slower fast EMA (0.9) reacts too late to the first spike.
-      Adds 2 floats per tensor to the state.
-    attenuate_rises: with ``attenuation_decays``, also shrink the step of a tensor whose gradient has *risen*
-      above its long-run level: the factor is ``sqrt(min(v_fast / v_slow, v_slow / v_fast))``. A small net that
-      memorises its training set oscillates between batches (single batches at 3-9x the initial loss while its
-      gradients are at their initial size) when the learned rate is too high for it; a gradient spike is where
-      the step is most likely too large (docs/algorithms.md §2.11).
+    attenuation: ``None`` (default), ``'falls'``, ``'rises'`` or ``'both'``: each tensor's step is multiplied by a
+      factor of ``r = v_fast / v_slow``, bias-corrected EMAs of its ``mean_T(g^2)`` (:func:`lopt.base.attenuation`):
+      ``sqrt(min(1, r))`` (``'falls'``), ``sqrt(min(1, 1 / r))`` (``'rises'``) or ``sqrt(min(r, 1 / r))``
+      (``'both'``). The direction is normalised per tensor, so the step follows the learned rate whatever the
+      gradient's size. ``'falls'`` makes it shrink once the gradient falls below its long-run level, as Adam's
+      does: a net that fits its training set sees its gradients fall 100-1000x while its relative steps stay the
+      same, and the loss climbs back (``diabetes_binary_mlp_64x64``); but on a deterministic landscape the gradient
+      falls because the optimizer is converging, and there it stalls (``quadratic_1024`` at 500 steps: 1,580
+      against 5.75). ``'rises'`` shrinks the step of a gradient spike, where it is most likely too large: a small
+      net that memorises its training set oscillates between batches when the learned rate is too high for it.
+      Measurements in docs/algorithms.md §2.11. Adds 2 floats per tensor to the state.
+    attenuation_decays: ``(fast, slow)``, the EMA decays of ``attenuation``, ``0 <= fast < slow < 1``; default
+      ``(0.5, 0.999)`` (a fast average over ~2 steps, so that one spike is seen at once, and a slow one over ~1,000
+      steps, Adam's ``b2``; a fast 0.9 reacted too late on ``diabetes_binary_mlp_64x64``).
     state_dtype: dtype of the per-parameter state (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`): ``h``, the
       decays, ``l``, the momenta and mean squares. The attention's ``true_param`` stays float32: it is a copy of the
       parameters, not a statistic, and rounding it would move the parameters by up to 2^-9 of their value per step.
@@ -317,8 +316,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
   min_gradient_rms: float | None = None
   mean_square_eps: float = 1e-12
   relative_mean_square_eps: float | None = None
-  attenuation_decays: tuple[float, float] | None = None
-  attenuate_rises: bool = False
+  attenuation: str | None = None
+  attenuation_decays: tuple[float, float] = (0.5, 0.999)
   state_dtype: str = 'float32'
 
   def __post_init__(self):
@@ -332,8 +331,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
       fail(f'cell_sizes must be a tuple of 3 positive ints (parameter, tensor, global GRU sizes), got {sizes!r}.')
     if not isinstance(self.num_scales, int) or isinstance(self.num_scales, bool) or self.num_scales < 1:
       fail(f'num_scales must be an int >= 1, got {self.num_scales!r}.')
-    for field in ('use_grad_products', 'use_relative_log_ms', 'use_relative_lr', 'use_attention',
-                  'attenuate_rises'):
+    for field in ('use_grad_products', 'use_relative_log_ms', 'use_relative_lr', 'use_attention'):
       if not isinstance(getattr(self, field), bool):
         fail(f'{field} must be a bool, got {getattr(self, field)!r}.')
     lr_range = self.lr_init_range
@@ -372,10 +370,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
     base.check_positive_finite('relative_mean_square_eps', self.relative_mean_square_eps, 'HierarchicalRNN',
                                meaning='e per tensor is at most that multiple of the mean squared momentum; 1e-4 '
                                        'was tried')
-    base.check_attenuation_decays(self.attenuation_decays, 'HierarchicalRNN')
-    if self.attenuate_rises and self.attenuation_decays is None:
-      fail('attenuate_rises=True needs attenuation_decays, the (fast, slow) EMA decays its factor is computed from; '
-           'set attenuation_decays=(0.5, 0.999), for example.')
+    base.check_attenuation(self.attenuation, self.attenuation_decays, 'HierarchicalRNN')
 
   @property
   def log_lr_bounds(self) -> tuple[float, float]:
@@ -478,7 +473,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
         # A copy: the state may be donated to a jitted step, which must not delete the meta-parameters' buffer.
         global_hidden=jnp.array(meta['global_hidden_init'], jnp.float32, copy=True),
         initial_scale=jnp.stack([self._tensor_scale(leaf) for leaf in leaves]) if leaves else jnp.zeros((0,)),
-        gradient_mean_squares=jnp.zeros((2, t if self.attenuation_decays is not None else 0), jnp.float32),
+        gradient_mean_squares=jnp.zeros((2, t if self.attenuation is not None else 0), jnp.float32),
     ))
 
   def _tensor_scale(self, param: jax.Array) -> jax.Array:
@@ -508,7 +503,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
       # _Layout.segment_mean's "total minus the others" is not accurate for a tensor far smaller than the rest.
       gradient_rms = (None if self.min_gradient_rms is None
                       else [jnp.sqrt(base.safe_mean(g ** 2)) for g in grad_leaves])
-      gradient_mean_squares = (None if self.attenuation_decays is None or not grad_leaves
+      gradient_mean_squares = (None if self.attenuation is None or not grad_leaves
                                else jnp.stack([base.safe_mean(g ** 2) for g in grad_leaves]))
       update_leaves, new_state = self._step(meta_params, layout, grads_flat, params_flat, self._load(state),
                                             gradient_rms, gradient_mean_squares)
@@ -585,11 +580,11 @@ class HierarchicalRNN(base.LearnedOptimizer):
   def _step(self, meta, layout: _Layout, grads_flat, params_flat, state: HierarchicalRNNState,
             gradient_rms: list[jax.Array] | None = None, gradient_mean_squares: jax.Array | None = None):
     inputs = self._input_features(state, grads_flat, layout.sizes)
-    averages, attenuation = state.gradient_mean_squares, None
+    averages, step_factor = state.gradient_mean_squares, None
     if gradient_mean_squares is not None:
       averages = base.gradient_mean_square_averages(averages, gradient_mean_squares, self.attenuation_decays)
-      attenuation = base.attenuation(averages, optax.safe_increment(state.count), self.attenuation_decays,
-                                     self.attenuate_rises)
+      step_factor = base.attenuation(averages, optax.safe_increment(state.count), self.attenuation_decays,
+                                     self.attenuation)
     features = inputs['features']
     tensor_prev, global_prev = state.tensor_hidden, state.global_hidden
     h0, f = self.cell_sizes[0], self.num_features
@@ -642,8 +637,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
       directions = directions / jnp.sqrt(base.safe_mean(directions ** 2, axis=1, keepdims=True) + _RMS_EPS)
       if gradient_rms is not None:
         directions = directions * base.gradient_gate(gradient_rms[index], self.min_gradient_rms)
-      if attenuation is not None:
-        directions = directions * attenuation[index]
+      if step_factor is not None:
+        directions = directions * step_factor[index]
 
       log_lr_prev = state.log_lr[cols]
       log_lr_step = _straight_through_clip(log_lr_prev + readouts[3] + meta['log_lr']['bias'], *log_lr_clips[index])

@@ -1,6 +1,7 @@
-"""``attenuation_decays`` of the HRNN (docs/algorithms.md §2.11): each tensor's step is multiplied by
-``min(1, sqrt(v_fast / v_slow))``, bias-corrected EMAs of its ``mean_T(g^2)``, so the step shrinks once the gradient
-falls below its long-run level and is unchanged while it keeps it."""
+"""``attenuation`` of the HRNN (docs/algorithms.md §2.11): each tensor's step is multiplied by a factor of
+``r = v_fast / v_slow``, bias-corrected EMAs of its ``mean_T(g^2)``: ``sqrt(min(1, r))`` (``'falls'``), so the step
+shrinks once the gradient falls below its long-run level, ``sqrt(min(1, 1 / r))`` (``'rises'``) or
+``sqrt(min(r, 1 / r))`` (``'both'``); unchanged while the gradient keeps its level."""
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import optax
 import pytest
 
 from lopt import HierarchicalRNN, base
+from lopt.base import ATTENUATIONS
 
 DECAYS = (0.5, 0.999)
 GRAD_SCALES = {'b': 1e-3, 'w': 1.0}  # tensors with very different gradient scales
@@ -32,11 +34,11 @@ def _meta(opt):
   return jax.tree.unflatten(treedef, [v + 0.1 * jax.random.normal(k, jnp.shape(v)) for k, v in zip(keys, leaves)])
 
 
-def _updates_with_and_without(scales, rises=False):
+def _updates_with_and_without(scales, mode='falls'):
   """Runs the plain and the attenuated optimizer side by side on the same gradients; at every step the attenuated one
   is given the plain one's state too, so that the two updates differ only by the factor. Returns per step the plain
   and attenuated updates and the gradients."""
-  plain, attenuated = _make(), _make(attenuation_decays=DECAYS, attenuate_rises=rises)
+  plain, attenuated = _make(), _make(attenuation=mode, attenuation_decays=DECAYS)
   meta = _meta(plain)
   plain_tx, att_tx = plain.transform(meta), attenuated.transform(meta)
   plain_update, att_update = jax.jit(plain_tx.update), jax.jit(att_tx.update)
@@ -54,9 +56,8 @@ def _updates_with_and_without(scales, rises=False):
   return out
 
 
-def _reference_factors(grad_history, rises=False):
-  """numpy: bias-corrected EMAs of each tensor's mean squared gradient, then min(1, sqrt(fast / slow)) (with
-  ``rises``, sqrt of the smaller of fast / slow and slow / fast)."""
+def _reference_factors(grad_history, mode='falls'):
+  """numpy: bias-corrected EMAs of each tensor's mean squared gradient r = fast / slow, then the factor of ``mode``."""
   factors = []
   for name in GRAD_SCALES:
     fast = slow = 0.0
@@ -65,16 +66,16 @@ def _reference_factors(grad_history, rises=False):
       fast = DECAYS[0] * fast + (1 - DECAYS[0]) * ms
       slow = DECAYS[1] * slow + (1 - DECAYS[1]) * ms
     ratio = (fast / (1 - DECAYS[0] ** count)) / (slow / (1 - DECAYS[1] ** count))
-    factors.append(np.sqrt(min(ratio, 1.0 / ratio) if rises else min(1.0, ratio)))
+    factors.append(np.sqrt({'falls': min(1.0, ratio), 'rises': min(1.0, 1.0 / ratio), 'both': min(ratio, 1.0 / ratio)}[mode]))
   return dict(zip(GRAD_SCALES, factors))
 
 
 def test_off_by_default_with_no_state():
   opt = HierarchicalRNN()
-  assert opt.attenuation_decays is None
+  assert opt.attenuation is None
   state = opt.transform(opt.init(jax.random.PRNGKey(0))).init({'w': jnp.ones((3, 4)), 'b': jnp.ones(2)})
   assert state.gradient_mean_squares.shape == (2, 0)
-  on = HierarchicalRNN(attenuation_decays=DECAYS)
+  on = HierarchicalRNN(attenuation='falls')
   state = on.transform(on.init(jax.random.PRNGKey(0))).init({'w': jnp.ones((3, 4)), 'b': jnp.ones(2)})
   assert state.gradient_mean_squares.shape == (2, 2)  # fast and slow, per tensor
 
@@ -102,23 +103,23 @@ def test_a_tensor_whose_gradient_falls_takes_a_proportionally_smaller_step():
     np.testing.assert_allclose(got, expected[name], rtol=1e-4, err_msg=name)
 
 
-def test_with_attenuate_rises_a_tensor_whose_gradient_rises_takes_a_smaller_step_too():
-  # As above, but the gradient of 'w' rises 1e3 times: without attenuate_rises its factor is 1 (bitwise the plain
-  # step, since the factor is exactly min(., 1) = 1); with it 'w' steps less, by sqrt(slow / fast). After only 45
+def test_a_tensor_whose_gradient_rises_takes_a_smaller_step_under_rises_and_both():
+  # As above, but the gradient of 'w' rises 1e3 times: under 'falls' its factor is 1 (bitwise the plain step, since
+  # the factor is exactly min(., 1) = 1); under 'rises' and 'both' 'w' steps less, by sqrt(slow / fast). After only 45
   # steps the bias correction divides the slow EMA by 1 - 0.999^45 = 0.044, so it already weighs the 25 new steps at
   # ~56% and the factor is ~0.66 (a long run would give ~1e-3 right after the rise). Tolerance as above.
   scales = [{'b': 1.0, 'w': 1.0}] * 20 + [{'b': 1.0, 'w': 1e3}] * 25
-  for rises in (False, True):
-    history = _updates_with_and_without(scales, rises)
+  for mode in ATTENUATIONS:
+    history = _updates_with_and_without(scales, mode)
     plain, attenuated, _ = history[-1]
-    expected = _reference_factors([grads for _, _, grads in history], rises)
-    if rises:
+    expected = _reference_factors([grads for _, _, grads in history], mode)
+    if mode != 'falls':
       assert 0.5 < expected['w'] < 0.8
     else:
       np.testing.assert_array_equal(np.asarray(attenuated['w']), np.asarray(plain['w']))
     for name in GRAD_SCALES:
       got = np.asarray(attenuated[name]) / np.asarray(plain[name])
-      np.testing.assert_allclose(got, expected[name], rtol=1e-4, err_msg=f'{name} rises={rises}')
+      np.testing.assert_allclose(got, expected[name], rtol=1e-4, err_msg=f'{name} {mode}')
 
 
 def test_steady_gradients_keep_a_factor_near_one():
@@ -133,38 +134,45 @@ def test_steady_gradients_keep_a_factor_near_one():
 
 
 def test_attenuation_known_answer():
-  # Constant mean square: the bias-corrected averages are equal at every count, factor 1. Then a fall by 1e4 with
-  # fast = 0 (the fast average is the last step's mean square): the slow EMA and its correction in closed form.
-  averages = jnp.zeros((2, 1))
+  # Constant mean square: the bias-corrected averages are equal at every count, factor 1 in every mode. Then a fall
+  # by 1e4 with fast = 0 (the fast average is the last step's mean square): the slow EMA and its correction in
+  # closed form give r; 'falls' and 'both' take sqrt(r), 'rises' 1. A rise by 1e4 instead: 'rises' and 'both' take
+  # sqrt(1 / r), 'falls' 1.
+  decays = (0.0, 0.9)
+  steady = jnp.zeros((2, 1))
   for count in range(1, 11):
-    averages = base.gradient_mean_square_averages(averages, jnp.array([2.0]), (0.0, 0.9))
-    np.testing.assert_allclose(np.asarray(base.attenuation(averages, count, (0.0, 0.9))), [1.0], rtol=1e-6)
-  averages = base.gradient_mean_square_averages(averages, jnp.array([2e-4]), (0.0, 0.9))
-  slow = 0.9 * 2.0 * (1 - 0.9 ** 10) + 0.1 * 2e-4  # the EMA after 10 steps at 2 and one at 2e-4
-  expected = np.sqrt(2e-4 / (slow / (1 - 0.9 ** 11)))
-  np.testing.assert_allclose(np.asarray(base.attenuation(averages, 11, (0.0, 0.9))), [expected], rtol=1e-5)
-  # All-zero gradients: no step.
+    steady = base.gradient_mean_square_averages(steady, jnp.array([2.0]), decays)
+    for mode in ATTENUATIONS:
+      np.testing.assert_allclose(np.asarray(base.attenuation(steady, count, decays, mode)), [1.0], rtol=1e-6)
+  slow_before = 2.0 * (1 - 0.9 ** 10)  # the EMA after 10 steps at 2
+  for new_level, affected in ((2e-4, ('falls', 'both')), (2e4, ('rises', 'both'))):
+    averages = base.gradient_mean_square_averages(steady, jnp.array([new_level]), decays)
+    r = new_level / ((0.9 * slow_before + 0.1 * new_level) / (1 - 0.9 ** 11))
+    for mode in ATTENUATIONS:
+      expected = np.sqrt(min(r, 1 / r)) if mode in affected else 1.0
+      np.testing.assert_allclose(np.asarray(base.attenuation(averages, 11, decays, mode)), [expected], rtol=1e-5,
+                                 err_msg=f'{new_level} {mode}')
+  # All-zero gradients: no step with 'falls' and 'both'; 'rises' leaves it to the optimizer.
   zero = base.gradient_mean_square_averages(jnp.zeros((2, 1)), jnp.array([0.0]), DECAYS)
-  np.testing.assert_array_equal(np.asarray(base.attenuation(zero, 1, DECAYS)), [0.0])
+  for mode, expected in (('falls', 0.0), ('both', 0.0), ('rises', 1.0)):
+    np.testing.assert_array_equal(np.asarray(base.attenuation(zero, 1, DECAYS, mode)), [expected], err_msg=mode)
 
 
 @pytest.mark.parametrize('bad', [(0.9,), (0.999, 0.5), (0.5, 1.0), (-0.1, 0.9), (0.5, float('nan')), [0.5, 0.999],
-                                 (True, 0.9)])
+                                 (True, 0.9), None])
 def test_bad_decays_raise_naming_the_field(bad):
-  with pytest.raises(ValueError, match=r'attenuation_decays must be None or a tuple \(fast, slow\)'):
-    HierarchicalRNN(attenuation_decays=bad)
+  with pytest.raises(ValueError, match=r'attenuation_decays must be a tuple \(fast, slow\)'):
+    HierarchicalRNN(attenuation='falls', attenuation_decays=bad)
 
 
-def test_attenuate_rises_needs_decays():
-  with pytest.raises(ValueError, match='attenuate_rises=True needs attenuation_decays'):
-    HierarchicalRNN(attenuate_rises=True)
-  with pytest.raises(ValueError, match='attenuate_rises must be a bool'):
-    HierarchicalRNN(attenuation_decays=DECAYS, attenuate_rises=1)
+def test_bad_mode_raises_naming_the_choices():
+  with pytest.raises(ValueError, match=r"attenuation must be None or one of \('falls', 'rises', 'both'\)"):
+    HierarchicalRNN(attenuation='fall')
 
 
 def test_config_round_trip():
-  for opt in (HierarchicalRNN(attenuation_decays=DECAYS), HierarchicalRNN(attenuation_decays=DECAYS,
-                                                                          attenuate_rises=True)):
+  for mode in ATTENUATIONS:
+    opt = HierarchicalRNN(attenuation=mode, attenuation_decays=(0.3, 0.99))
     assert HierarchicalRNN.from_config(opt.config()) == opt
 
 
@@ -172,7 +180,7 @@ def test_meta_gradient_is_finite_with_vanishing_gradients():
   # One tensor starts at its minimum (all-zero gradients, where the factor's own derivative would be 0/0), the other
   # is driven towards it: the meta-gradient through 30 steps stays finite (the factor is a constant for
   # meta-gradients) and reaches the step size.
-  opt = _make(attenuation_decays=DECAYS)
+  opt = _make(attenuation='both')
   target = {'w': jnp.full((3, 4), 0.3), 'b': jnp.zeros(5)}
 
   def loss_fn(params):
