@@ -287,7 +287,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
       falls because the optimizer is converging, and there it stalls (``quadratic_1024`` at 500 steps: 1,580
       against 5.75). ``'rises'`` shrinks the step of a gradient spike, where it is most likely too large: a small
       net that memorises its training set oscillates between batches when the learned rate is too high for it.
-      Measurements in docs/algorithms.md §2.11. Adds 2 floats per tensor to the state.
+      With release 4's weights only ``'both'`` keeps that net below twice its initial loss (either side alone
+      fails); measurements in docs/algorithms.md §2.11. Adds 2 floats per tensor to the state.
     attenuation_decays: ``(fast, slow)``, the EMA decays of ``attenuation``, ``0 <= fast < slow < 1``; default
       ``(0.5, 0.999)`` (a fast average over ~2 steps, so that one spike is seen at once, and a slow one over ~1,000
       steps, Adam's ``b2``; a fast 0.9 reacted too late on ``diabetes_binary_mlp_64x64``).
