@@ -215,8 +215,8 @@ def attenuation(averages: jax.Array, count: jax.Array, decays: tuple[float, floa
   """The factor a tensor's step is multiplied by when its gradient departs from its long-run level
   (docs/algorithms.md §2.11), from ``r = v_fast_hat / v_slow_hat``:
 
-  * ``'falls'``: ``sqrt(min(1, r))``, a gradient that has fallen ``r`` times below its long-run level takes
-    ``sqrt(r)`` of its step (the part of Adam's step size that a direction normalised per tensor loses: Adam's
+  * ``'falls'``: ``sqrt(min(1, r))``, a gradient whose mean square has fallen to ``r < 1`` times its long-run level
+    takes ``sqrt(r)`` of its step (the part of Adam's step size that a direction normalised per tensor loses: Adam's
     ``m / sqrt(v)`` shrinks when the gradient falls below its ``1 / (1 - b2)``-step average);
   * ``'rises'``: ``sqrt(min(1, 1 / r))``, a gradient spike shrinks the step (where it is most likely too large);
   * ``'both'``: ``sqrt(min(r, 1 / r))``.
