@@ -502,10 +502,12 @@ class HierarchicalRNN(base.LearnedOptimizer):
       params_flat = layout.flatten(base.leaves_f32(params))
       # Per leaf rather than on slices of the flat block: XLA:CPU copies a column slice before reducing it, and
       # _Layout.segment_mean's "total minus the others" is not accurate for a tensor far smaller than the rest.
-      gradient_rms = (None if self.min_gradient_rms is None
-                      else [jnp.sqrt(base.safe_mean(g ** 2)) for g in grad_leaves])
+      # Each leaf's mean squared gradient, once, for the gate (its square root) and the attenuation's averages.
+      leaf_mean_squares = ([base.safe_mean(g ** 2) for g in grad_leaves]
+                           if self.min_gradient_rms is not None or self.attenuation is not None else None)
+      gradient_rms = None if self.min_gradient_rms is None else [jnp.sqrt(ms) for ms in leaf_mean_squares]
       gradient_mean_squares = (None if self.attenuation is None or not grad_leaves
-                               else jnp.stack([base.safe_mean(g ** 2) for g in grad_leaves]))
+                               else jnp.stack(leaf_mean_squares))
       update_leaves, new_state = self._step(meta_params, layout, grads_flat, params_flat, self._load(state),
                                             gradient_rms, gradient_mean_squares)
       return base.updates_like(params, update_leaves), self._store(new_state)
