@@ -38,11 +38,14 @@ def test_unknown_argument_is_refused():
   assert "unknown argument '--no-such-flag'" in done.stderr
 
 
-# Compiles 36 step-time programs and 3 PES estimates: 3-8 minutes on 2 shared CPU cores.
+# Compiles 36 step-time programs and 3 PES estimates: 2-5 minutes on 2 shared CPU cores. The programs are compiled
+# at XLA's backend optimisation level 0 (40% less time: 128 s against 214 s on the 2-core machine): this test checks
+# the script's wiring, not its timings, and the tiny programs run a few times each.
 @pytest.mark.slow
 def test_tiny_cpu_run_exits_0_and_prints_both_tables(tmp_path):
+  xla_flags = (os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
   done = _run(tmp_path, '--tiny', '--no-install', '--skip-tests', '--allow-cpu', timeout=1800,
-              LOPT_CHECK_TIME_SCALE='12')
+              LOPT_CHECK_TIME_SCALE='12', XLA_FLAGS=xla_flags)
   out = done.stdout
   assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
   assert 'jax.devices() = [CpuDevice' in out

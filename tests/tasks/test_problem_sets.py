@@ -114,9 +114,12 @@ def test_every_member_traces_to_a_scalar_loss():
 @pytest.mark.slow
 def test_every_member_initialises_and_evaluates_finite_non_negative():
   # One small jit per problem (~100 compilations, the bulk of this test's time). A single jit over all 101
-  # problems compiles far slower (minutes) than the sum of the parts.
+  # problems compiles far slower (minutes) than the sum of the parts, and evaluating eagerly is slower still. Each
+  # program runs once, so XLA's backend optimisations (LLVM passes) cost more than they save: compiling at level 0
+  # halves this test's time on CPU and leaves the arithmetic (what this test checks) unchanged.
   for name, key in zip(PROBLEMS.names(), jax.random.split(jax.random.PRNGKey(0), len(PROBLEMS))):
-    loss, grad_ok = jax.jit(lambda k: _evaluate(PROBLEMS[name], k))(key)
+    program = jax.jit(lambda k: _evaluate(PROBLEMS[name], k)).lower(key)
+    loss, grad_ok = program.compile(compiler_options={'xla_backend_optimization_level': 0})(key)
     assert np.isfinite(loss) and loss >= 0 and grad_ok, (name, loss, grad_ok)
 
 
