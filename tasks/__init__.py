@@ -4,7 +4,7 @@ from tasks.base import SPLITS, SingleTaskFamily, Task, TaskFamily
 # Synthetic problems, wrappers, TaskSet-style families, the Wichrowska 2017 problem set and every named problem.
 from tasks import families, problem_sets, sampling, wrappers
 from tasks.families import NoisyBowlFamily, NoisyQuadraticFamily, RescaledFamily, SparseFamily, TestFunctionsFamily
-from tasks.generated_classification import MLPClassifierFamily, SoftmaxRegressionFamily
+from tasks.generated_classification import MLPClassifierFamily, NoisyClustersMLPFamily, SoftmaxRegressionFamily
 from tasks.matmul_algorithm import MatMulAlgorithm, MatMulAlgorithmFamily
 from tasks.norm import Norm, NormFamily
 from tasks.problem_sets import PROBLEMS, ProblemSet, problem, problem_set, wichrowska2017
@@ -24,6 +24,7 @@ from tasks.wrappers import (GradientNoise, GradientNoiseFamily, LogObjective, Lo
 __all__ = ['SPLITS', 'SingleTaskFamily', 'Task', 'TaskFamily']
 __all__ += ['Bowl', 'BowlFamily', 'GradientNoise', 'GradientNoiseFamily', 'LogObjective', 'LogObjectiveFamily',
             'MLPClassifierFamily', 'MatMulAlgorithm', 'MatMulAlgorithmFamily', 'NoisyBowlFamily',
+            'NoisyClustersMLPFamily',
             'NoisyQuadraticFamily', 'Norm', 'NormFamily', 'ProblemSet', 'Quadratic', 'QuadraticFamily', 'Rescale',
             'RescaleFamily', 'RescaledFamily', 'RosenbrockND', 'SoftmaxRegressionFamily', 'SparseFamily',
             'SparseGradients', 'SparseGradientsFamily', 'Sum', 'SumFamily', 'TestFunction', 'TestFunctionFamily',

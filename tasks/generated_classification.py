@@ -227,3 +227,50 @@ class MLPClassifierFamily(base.TaskFamily):
   def __repr__(self):
     return (f'MLPClassifierFamily(n_features={self.n_features}, hidden_sizes={self.hidden_sizes}, '
             f'batch_size={self.batch_size}, n_samples={self.n_samples}, activation={self.activation!r})')
+
+
+class NoisyClustersMLPFamily(base.TaskFamily):
+  """An MLP that can only fit its small training set by memorising wrong labels (informative-cluster data).
+
+  Each instance draws an informative-cluster distribution (:func:`informative_clusters`, ``class_sep`` as given) in
+  which a fraction ``flip_y`` of labels is replaced by a uniformly random class, so about ``flip_y / 2`` of the
+  ``n_samples`` training labels are wrong. A net wider than the data (``n_samples`` a few hundred) first fits the
+  clusters, then drives the training loss down by memorising the wrong labels: a regime of small, erratic gradients
+  late in training, as in small tabular classifiers (for example ``diabetes_binary``, whose features explain about
+  half of the target's variance). Model, loss and splits as :class:`GeneratedClassification`.
+  """
+
+  def __init__(self, n_features: int, hidden_sizes: Sequence[int], batch_size: int, n_samples: int,
+               flip_y: float, class_sep: float = 1.0, activation: str = 'relu'):
+    hidden_sizes = tuple(hidden_sizes)
+    _check_sizes(n_features, batch_size, n_samples, hidden_sizes)
+    if n_features < 2:
+      raise ValueError(f'NoisyClustersMLPFamily needs n_features >= 2, got {n_features}.')
+    if not 0.0 <= flip_y <= 1.0:
+      raise ValueError(f'flip_y is the fraction of labels replaced by a random class, in [0, 1]; got {flip_y!r}.')
+    if activation not in ACTIVATIONS:
+      raise ValueError(f'unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)}.')
+    self.n_features, self.hidden_sizes, self.batch_size = n_features, hidden_sizes, batch_size
+    self.n_samples, self.flip_y, self.class_sep, self.activation = n_samples, float(flip_y), class_sep, activation
+    self.name = (f'mlp_{activation}_{"x".join(map(str, hidden_sizes))}_clusters_nf{n_features}_n{n_samples}'
+                 f'_flip{self.flip_y:g}_bs{batch_size}')
+
+  def sample(self, key):
+    dist_key, data_key = jax.random.split(key)
+    source = informative_clusters(dist_key, self.n_features, self.class_sep, self.flip_y)
+    x, y = source.sample(data_key, self.n_samples)
+    return {'x': x, 'y': y, 'source': source}
+
+  def task(self, cfg):
+    return GeneratedClassification(cfg['x'], cfg['y'], cfg['source'], self.hidden_sizes, self.batch_size,
+                                   self.activation, name=self.name)
+
+  @property
+  def structure_key(self):
+    return ('noisy_clusters_mlp', self.n_features, self.hidden_sizes, self.batch_size, self.n_samples,
+            self.activation)
+
+  def __repr__(self):
+    return (f'NoisyClustersMLPFamily(n_features={self.n_features}, hidden_sizes={self.hidden_sizes}, '
+            f'batch_size={self.batch_size}, n_samples={self.n_samples}, flip_y={self.flip_y!r}, '
+            f'class_sep={self.class_sep!r}, activation={self.activation!r})')

@@ -266,7 +266,9 @@ def _synthetic_images_autoencoder(hidden: tuple[int, ...], activation: str, batc
 #:
 #: ``synthetic_images[_{s}px]_mlp_{h1}x{h2}..._{activation}_bs{b}`` is an MLP classifier on the s x s generated
 #: images (16 when absent), batch b; ``mlp_relu_..._nf{f}_bs{b}`` a ReLU MLP on ReLU-teacher labels of f features
-#: (:class:`tasks.MLPClassifierFamily`); ``synthetic_images_autoencoder_...`` an MLP autoencoder of the 16x16 images;
+#: (:class:`tasks.MLPClassifierFamily`); ``mlp_relu_..._clusters_nf{f}_n{n}_flip{p}_bs{b}`` a ReLU MLP memorising n
+#: informative-cluster points of f features, a fraction p of labels redrawn at random
+#: (:class:`tasks.NoisyClustersMLPFamily`); ``synthetic_images_autoencoder_...`` an MLP autoencoder of the 16x16 images;
 #: ``synthetic_images_conv_{c1}x{c2}..._{activation}_bs{b}`` a stride-2 ConvNet on the 16x16 images, its convolutions
 #: computed as patches times kernels (``conv_impl='patches'``: vmapped over instances, Flax's convolution becomes a
 #: grouped convolution, 3-4x slower on CPU; ``benchmarks/vmapped_conv.py``).
@@ -280,6 +282,8 @@ EXTRA_PROBLEMS: dict[str, Callable[[], base.TaskFamily]] = {
     'synthetic_images_mlp_64_tanh_bs64': lambda: _synthetic_images_mlp(16, (64,), 'tanh', 64),
     'synthetic_images_autoencoder_64x16x64_relu_bs64': lambda: _synthetic_images_autoencoder((64, 16, 64), 'relu', 64),
     'synthetic_images_conv_16x32x32_relu_bs32': lambda: _synthetic_images_conv(16, (16, 32, 32), 'relu', 32),
+    'mlp_relu_64x64_clusters_nf10_n320_flip0.4_bs32':
+        lambda: gc.NoisyClustersMLPFamily(10, (64, 64), 32, n_samples=320, flip_y=0.4),
 }
 
 

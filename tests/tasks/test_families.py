@@ -24,6 +24,7 @@ FAMILIES = {
     'matmul': matmul_algorithm.MatMulAlgorithmFamily(2, 7),
     'softmax': gc.SoftmaxRegressionFamily(4, batch_size=8, n_samples=32, class_sep=sampling.LogUniform(0.5, 2.0)),
     'mlp': gc.MLPClassifierFamily(3, (4, 3), batch_size=8, n_samples=32),
+    'noisy_clusters_mlp': gc.NoisyClustersMLPFamily(3, (4,), batch_size=8, n_samples=32, flip_y=0.4),
     'taskset_quadratic': families.NoisyQuadraticFamily(5),
     'taskset_bowl': families.NoisyBowlFamily(),
     'taskset_test_functions': families.TestFunctionsFamily(),
@@ -153,7 +154,22 @@ def test_bad_family_arguments_are_rejected():
     gc.MLPClassifierFamily(3, (4,), 8, activation='swish')
   with pytest.raises(ValueError, match='n_features >= 2'):
     gc.SoftmaxRegressionFamily(1, 8)
+  with pytest.raises(ValueError, match=r'flip_y .* in \[0, 1\]'):
+    gc.NoisyClustersMLPFamily(3, (4,), 8, n_samples=32, flip_y=1.5)
   with pytest.raises(ValueError, match='LogUniform needs 0 < low'):
     sampling.LogUniform(0.0, 1.0)
   with pytest.raises(TypeError, match='number or a tasks.sampling.Distribution'):
     quadratic.BowlFamily(1.0, angle='pi').sample(jax.random.PRNGKey(0))
+
+
+def test_noisy_clusters_training_labels_are_wrong_at_half_the_flip_rate():
+  # A label is redrawn with probability flip_y, and a redrawn label is wrong half the time. The same source without
+  # flips, sampled with the same key, gives the same points and their clusters' labels. With 20,000 points the
+  # wrong fraction's standard deviation is sqrt(0.2 * 0.8 / 20000) ~ 0.003: a tolerance of 0.015 is 5 of them.
+  family = gc.NoisyClustersMLPFamily(10, (8,), batch_size=8, n_samples=20_000, flip_y=0.4)
+  cfg = family.sample(jax.random.PRNGKey(3))
+  clean = cfg['source']._replace(flip_y=jnp.asarray(0.0))
+  x_clean, y_clean = clean.sample(jax.random.split(jax.random.PRNGKey(3))[1], family.n_samples)
+  np.testing.assert_array_equal(x_clean, cfg['x'])
+  assert abs(float(jnp.mean(y_clean != cfg['y'])) - 0.2) < 0.015
+  assert family.name == 'mlp_relu_8_clusters_nf10_n20000_flip0.4_bs8'
