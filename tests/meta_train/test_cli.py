@@ -133,9 +133,15 @@ def test_export_writes_the_newest_checkpoints_meta_params(tmp_path, capsys):
   assert 'after 6 meta-steps' in capsys.readouterr().err
   _, exported = serialization.load(tmp_path / 'exported.npz', architectures)
   np.testing.assert_array_equal(exported['log_lr'], final['log_lr'])
-  # Not a run directory, and a run without checkpoints: one-line errors.
+  # Without checkpoints/ (a run moved with only its committed files) the compact resume.npz gives the same values.
+  shutil.rmtree(out / 'checkpoints')
+  assert export.main([str(out), str(tmp_path / 'from_resume.npz')]) == 0
+  assert 'after 6 meta-steps' in capsys.readouterr().err
+  _, from_resume = serialization.load(tmp_path / 'from_resume.npz', architectures)
+  np.testing.assert_array_equal(from_resume['log_lr'], final['log_lr'])
+  # Not a run directory, and a run with neither: one-line errors.
   assert export.main([str(tmp_path), str(tmp_path / 'x.npz')]) == 2
   assert 'has no config.toml' in capsys.readouterr().err
-  shutil.rmtree(out / 'checkpoints')
+  os.remove(out / 'resume.npz')
   assert export.main([str(out), str(tmp_path / 'x.npz')]) == 2
   assert 'has no checkpoint yet' in capsys.readouterr().err
