@@ -124,13 +124,15 @@ class GeneratedClassification(base.Task):
     hidden_sizes: () for softmax regression.
     batch_size: examples per batch, every split.
     activation: name in :data:`ACTIVATIONS`, applied after each hidden layer.
+    l2_reg_scale: weight of the L2 term (Wichrowska's 1e-3 by default; 0 for none).
   """
 
   def __init__(self, x, y, source, hidden_sizes: Sequence[int], batch_size: int, activation: str = 'sigmoid',
-               name: str = 'classifier'):
+               name: str = 'classifier', l2_reg_scale: float = L2_REG_SCALE):
     self.x, self.y, self.source = x, y, source
     self.sizes = (x.shape[1],) + tuple(hidden_sizes) + (2,)
     self.batch_size, self.activation, self.name = batch_size, ACTIVATIONS[activation], name
+    self.l2_reg_scale = l2_reg_scale
 
   def init(self, key):
     return init_layers(key, self.sizes)
@@ -154,8 +156,10 @@ class GeneratedClassification(base.Task):
     z = self.logits(params, x)[:, 0]
     # Sigmoid cross-entropy softplus(z) − y·z, stable for large |z|.
     cross_entropy = jnp.mean(jax.nn.softplus(z) - labels.astype(z.dtype) * z)
+    if not self.l2_reg_scale:
+      return cross_entropy
     l2 = jnp.mean(jnp.stack([jnp.sum(p**2) for p in jax.tree.leaves(params)]))
-    return cross_entropy + L2_REG_SCALE * l2
+    return cross_entropy + self.l2_reg_scale * l2
 
 
 def _check_sizes(n_features, batch_size, n_samples, hidden_sizes=()):
@@ -237,11 +241,13 @@ class NoisyClustersMLPFamily(base.TaskFamily):
   ``n_samples`` training labels are wrong. A net wider than the data (``n_samples`` a few hundred) first fits the
   clusters, then drives the training loss down by memorising the wrong labels: a regime of small, erratic gradients
   late in training, as in small tabular classifiers (for example ``diabetes_binary``, whose features explain about
-  half of the target's variance). Model, loss and splits as :class:`GeneratedClassification`.
+  half of the target's variance). Model, loss and splits as :class:`GeneratedClassification`; with
+  ``l2_reg_scale=0`` nothing holds the training loss up, and memorisation drives it towards 0 as it does for an
+  unregularised net (the name then ends ``_nol2``; another non-default scale ``_l2{scale}``).
   """
 
   def __init__(self, n_features: int, hidden_sizes: Sequence[int], batch_size: int, n_samples: int,
-               flip_y: float, class_sep: float = 1.0, activation: str = 'relu'):
+               flip_y: float, class_sep: float = 1.0, activation: str = 'relu', l2_reg_scale: float = L2_REG_SCALE):
     hidden_sizes = tuple(hidden_sizes)
     _check_sizes(n_features, batch_size, n_samples, hidden_sizes)
     if n_features < 2:
@@ -250,10 +256,14 @@ class NoisyClustersMLPFamily(base.TaskFamily):
       raise ValueError(f'flip_y is the fraction of labels replaced by a random class, in [0, 1]; got {flip_y!r}.')
     if activation not in ACTIVATIONS:
       raise ValueError(f'unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)}.')
+    if l2_reg_scale < 0:
+      raise ValueError(f'l2_reg_scale must be >= 0, got {l2_reg_scale!r}.')
     self.n_features, self.hidden_sizes, self.batch_size = n_features, hidden_sizes, batch_size
     self.n_samples, self.flip_y, self.class_sep, self.activation = n_samples, float(flip_y), class_sep, activation
+    self.l2_reg_scale = float(l2_reg_scale)
+    l2 = '' if self.l2_reg_scale == L2_REG_SCALE else '_nol2' if self.l2_reg_scale == 0 else f'_l2{self.l2_reg_scale:g}'
     self.name = (f'mlp_{activation}_{"x".join(map(str, hidden_sizes))}_clusters_nf{n_features}_n{n_samples}'
-                 f'_flip{self.flip_y:g}_bs{batch_size}')
+                 f'_flip{self.flip_y:g}{l2}_bs{batch_size}')
 
   def sample(self, key):
     dist_key, data_key = jax.random.split(key)
@@ -263,14 +273,14 @@ class NoisyClustersMLPFamily(base.TaskFamily):
 
   def task(self, cfg):
     return GeneratedClassification(cfg['x'], cfg['y'], cfg['source'], self.hidden_sizes, self.batch_size,
-                                   self.activation, name=self.name)
+                                   self.activation, name=self.name, l2_reg_scale=self.l2_reg_scale)
 
   @property
   def structure_key(self):
     return ('noisy_clusters_mlp', self.n_features, self.hidden_sizes, self.batch_size, self.n_samples,
-            self.activation)
+            self.activation, self.l2_reg_scale)
 
   def __repr__(self):
     return (f'NoisyClustersMLPFamily(n_features={self.n_features}, hidden_sizes={self.hidden_sizes}, '
             f'batch_size={self.batch_size}, n_samples={self.n_samples}, flip_y={self.flip_y!r}, '
-            f'class_sep={self.class_sep!r}, activation={self.activation!r})')
+            f'class_sep={self.class_sep!r}, activation={self.activation!r}, l2_reg_scale={self.l2_reg_scale!r})')

@@ -284,6 +284,8 @@ EXTRA_PROBLEMS: dict[str, Callable[[], base.TaskFamily]] = {
     'synthetic_images_conv_16x32x32_relu_bs32': lambda: _synthetic_images_conv(16, (16, 32, 32), 'relu', 32),
     'mlp_relu_64x64_clusters_nf10_n320_flip0.4_bs32':
         lambda: gc.NoisyClustersMLPFamily(10, (64, 64), 32, n_samples=320, flip_y=0.4),
+    'mlp_relu_64x64_clusters_nf10_n320_flip0.4_nol2_bs32':
+        lambda: gc.NoisyClustersMLPFamily(10, (64, 64), 32, n_samples=320, flip_y=0.4, l2_reg_scale=0.0),
 }
 
 

@@ -173,3 +173,18 @@ def test_noisy_clusters_training_labels_are_wrong_at_half_the_flip_rate():
   np.testing.assert_array_equal(x_clean, cfg['x'])
   assert abs(float(jnp.mean(y_clean != cfg['y'])) - 0.2) < 0.015
   assert family.name == 'mlp_relu_8_clusters_nf10_n20000_flip0.4_bs8'
+
+
+def test_noisy_clusters_without_l2_is_the_cross_entropy_alone():
+  regularised = gc.NoisyClustersMLPFamily(4, (5,), batch_size=8, n_samples=32, flip_y=0.4)
+  plain = gc.NoisyClustersMLPFamily(4, (5,), batch_size=8, n_samples=32, flip_y=0.4, l2_reg_scale=0.0)
+  assert plain.name == 'mlp_relu_5_clusters_nf4_n32_flip0.4_nol2_bs8'
+  assert plain.structure_key != regularised.structure_key  # different losses never share a compiled program
+  cfg = regularised.sample(jax.random.PRNGKey(0))
+  task_l2, task_plain = regularised.task(cfg), plain.task(cfg)
+  params = task_l2.init(jax.random.PRNGKey(1))
+  batch = task_l2.batch(jax.random.PRNGKey(2))
+  l2 = np.mean([np.sum(np.square(p)) for p in jax.tree.leaves(params)])
+  difference = task_l2.loss(params, None, batch) - task_plain.loss(params, None, batch)
+  # Two float32 losses of order 1 differ by their rounding, ~1e-7 each: 1e-6 absolute.
+  np.testing.assert_allclose(difference, gc.L2_REG_SCALE * l2, rtol=0, atol=1e-6)
