@@ -5,7 +5,8 @@ dotted ``key=value`` overrides, writing to ``DIR``:
 
 * ``config.toml``: the config actually used (file plus overrides);
 * ``metrics.jsonl``, ``tensorboard/``, ``meta_training.png``: meta-training curves (:mod:`meta_train.run.logging`);
-* ``evaluation.jsonl``: periodic evaluation against Adam on held-out tasks (when ``evaluation.every > 0``);
+* ``evaluation.jsonl``: periodic evaluation against Adam on fresh instances of the training problems (when
+  ``evaluation.every > 0``);
 * ``checkpoints/``: the newest ``run.keep_checkpoints`` checkpoints (:mod:`meta_train.run.checkpoint`);
 * ``final.npz``: the final meta-parameters in the :func:`lopt.save` format (``lopt.load('DIR/final.npz')``).
 

@@ -9,7 +9,7 @@ A run is described by one TOML file whose tables mirror :class:`Config`::
     [estimator.truncation]     #   truncation schedule and
     [estimator.objective]      #   meta-objective
     [meta_optimizer]           # MetaOptimizerConfig: the optimizer of the meta-parameters (optax, or learned)
-    [evaluation]               # EvaluationConfig: periodic comparison against Adam on held-out tasks
+    [evaluation]               # EvaluationConfig: periodic comparison against Adam on fresh training-problem instances
 
 Every field has a default, so a file only states what it changes. Loading is strict, because a typo in a config
 silently falling back to a default wastes a day of compute:
@@ -259,21 +259,21 @@ class MetaOptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-  """Periodic evaluation of the current meta-parameters against Adam on held-out tasks.
+  """Periodic evaluation of the current meta-parameters against Adam on fresh instances of the training problems.
 
-  Held-out tasks are sampled from the training family (or problem set) with a PRNG stream disjoint from the one
-  training uses. Each is trained from the same initial parameters by the learned optimizer and by
-  ``optax.adam(adam_learning_rate)``; the mean final training and test losses of both are recorded in
-  ``evaluation.jsonl``.
+  The instances are sampled from the training family (or problem set) with a PRNG stream disjoint from the one
+  training uses (not the validation or test suites of docs/evaluation_protocol.md). Each is trained from the same
+  initial parameters by the learned optimizer and by ``optax.adam(adam_learning_rate)``; the mean final training
+  and test losses of both are recorded in ``evaluation.jsonl``.
 
   Attributes:
     every: meta-steps between evaluations (also run once at the end); 0 disables evaluation.
-    num_tasks: held-out tasks per evaluation.
+    num_tasks: instances per evaluation.
     num_steps: inner training steps per held-out task.
     adam_learning_rate: the learning rate of the Adam baseline.
   """
   every: int = _field(0, 'meta-steps between evaluations (0 = off).', *_non_negative)
-  num_tasks: int = _field(4, 'held-out tasks per evaluation.', *_positive)
+  num_tasks: int = _field(4, 'fresh task instances per evaluation.', *_positive)
   num_steps: int = _field(100, 'inner steps per held-out task.', *_positive)
   adam_learning_rate: float = _field(1e-3, 'learning rate of the Adam baseline.', *_positive)
 

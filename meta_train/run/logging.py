@@ -3,7 +3,8 @@
 Files in the output directory:
 
 * ``metrics.jsonl``: one JSON object per logged step, ``{"step": ..., "meta_loss": ..., ...}``;
-* ``evaluation.jsonl``: one object per periodic evaluation (learned optimizer vs Adam on held-out tasks);
+* ``evaluation.jsonl``: one object per periodic evaluation (learned optimizer vs Adam on fresh instances of the
+  training problems);
 * ``tensorboard/``: the same scalars as TensorBoard events (``tensorboard --logdir DIR/tensorboard``), written with
   tensorboardX so TensorFlow is not needed;
 * ``meta_training.png``: meta-loss and evaluation curves (matplotlib, Agg backend: no display needed).
@@ -137,7 +138,7 @@ def plot_curves(out_dir: str, png_path: str) -> None:
       ax.plot(steps, [_as_float(r.get(key)) for r in evaluation], marker='o', label=label)
     ax.set_yscale('log')
     ax.set_xlabel('meta-step')
-    ax.set_ylabel('final training loss on held-out tasks')
+    ax.set_ylabel('final training loss, fresh instances')
     ax.set_title('evaluation')
     ax.legend()
     ax.grid(alpha=0.3)
