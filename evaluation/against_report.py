@@ -115,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   with open(args.report, encoding='utf-8') as f:
     report = json.load(f)
+  if not isinstance(report.get('tasks'), list):
+    # A comparison.json (this tool's own output) keeps its tasks in a dict, and holds no runs to compare against.
+    raise SystemExit(f'{args.report} is not a report.json of python -m evaluation (its "tasks" is not a list; a '
+                     'comparison.json written by this tool cannot be compared against): pass the report it was made '
+                     'from, named in its "report" field.')
   suite = args.suite or _guess_suite(report)
   candidates = dict(cli.candidate(s) for s in args.optimizer)
   clash = set(candidates) & {k for t in report['tasks'] for k in t['results']}

@@ -51,3 +51,6 @@ def test_a_diverging_candidate_counts_as_worst_and_the_cli_writes_its_files(tmp_
   assert json.loads((tmp_path / 'out' / 'comparison.json').read_text())['summary']['lsgd']['tasks'] == 1
   with pytest.raises(SystemExit, match='already in the report'):
     against_report.main([str(report_path), '--optimizer', 'old=learnable_sgdm'])
+  # This tool's own comparison.json is not a report: it says so and names the report to pass instead.
+  with pytest.raises(SystemExit, match='not a report.json.*"report" field'):
+    against_report.main([str(tmp_path / 'out' / 'comparison.json'), '--optimizer', 'x=learnable_sgdm'])
