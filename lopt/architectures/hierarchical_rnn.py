@@ -31,7 +31,9 @@ One step, for a parameter with gradient ``g`` (per element unless "per tensor" i
    (docs/algorithms.md §2.11). With ``min_gradient_rms = epsilon`` the update of a tensor is multiplied by
    ``min(1, rms_T(g) / epsilon)``; with ``attenuation='falls'`` by ``sqrt(min(1, v_f / v_s))``, where ``v_f`` and
    ``v_s`` are bias-corrected EMAs (decays ``attenuation_decays``) of the tensor's ``mean_T(g^2)``
-   (``'rises'``: ``sqrt(min(1, v_s / v_f))``; ``'both'``: ``sqrt(min(v_f / v_s, v_s / v_f))``).
+   (``'rises'``: ``sqrt(min(1, v_s / v_f))``; ``'both'``: ``sqrt(min(v_f / v_s, v_s / v_f))``); with
+   ``coherence_decay = b`` by ``sqrt(min(1, mean_T(m_hat^2) / v_hat))``, ``m`` a per-element and ``v`` a per-tensor
+   bias-corrected EMA (decay ``b``) of ``g`` and ``mean_T(g^2)``: smaller steps where the gradient is noise.
 8. Global GRU: ``global' = GRU_20(mean over tensors of tensor', global)``.
 
 **Global input: the mean over tensors (``global_input='mean'``, default).** The paper describes the global RNN as
@@ -52,8 +54,8 @@ Implementation notes.
   direction RMS and the tensor GRU's inputs are per-tensor reductions, and each update is produced in its tensor's own
   shape (the program grows linearly with the number of tensors, not with their size). The per-parameter state is
   stored in the flat layout: 21 floats per parameter (``h`` 10, two decays, log learning rate, 4 momenta, 4 mean
-  squares; +1 for the true parameter with attention), plus 21 floats per tensor (the tensor GRU's 20 and the
-  initial scale; +2 with ``attenuation``) and 20 global.
+  squares; +1 for the true parameter with attention, +1 with ``coherence_decay``), plus 21 floats per tensor (the
+  tensor GRU's 20 and the initial scale; +2 with ``attenuation``, +1 with ``coherence_decay``) and 20 global.
 * The GRU cell is ``flax.linen.GRUCell``'s (see :mod:`lopt.gru` for how it differs from the TF ``BiasGRUCell``).
 * Per-parameter learning-rate initialisation (docs/algorithms.md §2.8) is random but ``optax``'s ``init(params)``
   takes no key: it is drawn from ``fold_in(PRNGKey(lr_init_seed), leaf_index)``, so it is deterministic given the
@@ -113,7 +115,8 @@ _MIN_MEAN_SQUARE_EPS = 1e-30  # floor of the per-tensor e (relative_mean_square_
 
 _GLOBAL_INPUTS = ('mean', 'last')
 # The state arrays over all N parameters, stored in ``state_dtype`` (true_param excepted: see HierarchicalRNN).
-_PER_PARAMETER_FIELDS = ('param_hidden', 'input_decay', 'rms_decay', 'log_lr', 'momenta', 'mean_squares')
+_PER_PARAMETER_FIELDS = ('param_hidden', 'input_decay', 'rms_decay', 'log_lr', 'momenta', 'mean_squares',
+                         'coherence_momentum')
 
 
 class HierarchicalRNNState(NamedTuple):
@@ -130,6 +133,8 @@ class HierarchicalRNNState(NamedTuple):
   global_hidden: jax.Array  # [H2] global-GRU state
   initial_scale: jax.Array  # [T] max(rms(theta_0), relative_step_floor) per tensor, for max_scale_growth
   gradient_mean_squares: jax.Array  # [2, T] fast and slow EMAs of mean_T(g^2) with attenuation, else [2, 0]
+  coherence_momentum: jax.Array  # [N] EMA of g with coherence_decay, else [0]
+  coherence_mean_square: jax.Array  # [T] EMA of mean_T(g^2) with coherence_decay, else [0]
 
 
 class _Layout(NamedTuple):
@@ -292,6 +297,15 @@ class HierarchicalRNN(base.LearnedOptimizer):
     attenuation_decays: ``(fast, slow)``, the EMA decays of ``attenuation``, ``0 <= fast < slow < 1``; default
       ``(0.5, 0.999)`` (a fast average over ~2 steps, so that one spike is seen at once, and a slow one over ~1,000
       steps, Adam's ``b2``; a fast 0.9 reacted too late on ``diabetes_binary_mlp_64x64``).
+    coherence_decay: ``None`` (default) or ``b`` in ``(0, 1)``: each tensor's step is multiplied by
+      ``sqrt(min(1, mean_T(m_hat^2) / v_hat))`` (:func:`lopt.base.coherence`), where ``m`` is a per-element EMA of the
+      gradient and ``v`` an EMA of the tensor's ``mean_T(g^2)``, both with decay ``b`` and bias-corrected: 1 for a
+      gradient that keeps its direction from step to step, ``sqrt((1 - b) / (1 + b))`` (0.23 at ``b = 0.9``) for
+      one that is minibatch noise. Adam's ``m / sqrt(v)`` has this size; a direction normalised to unit RMS per
+      tensor does not, so without it a net whose loss has reached its noise floor keeps taking full-size steps in
+      noisy directions, and a wide one drifts until its loss climbs back (``patches8_mlp_512x512``: 19x the initial
+      loss with candidate 15, 1.0x with ``b = 0.9``; docs/algorithms.md §2.11). Deterministic gradients keep a
+      factor near 1. Adds 1 float per parameter and 1 per tensor to the state.
     state_dtype: dtype of the per-parameter state (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`): ``h``, the
       decays, ``l``, the momenta and mean squares. The attention's ``true_param`` stays float32: it is a copy of the
       parameters, not a statistic, and rounding it would move the parameters by up to 2^-9 of their value per step.
@@ -319,6 +333,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
   relative_mean_square_eps: float | None = None
   attenuation: str | None = None
   attenuation_decays: tuple[float, float] = (0.5, 0.999)
+  coherence_decay: float | None = None
   state_dtype: str = 'float32'
 
   def __post_init__(self):
@@ -372,6 +387,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
                                meaning='e per tensor is at most that multiple of the mean squared momentum; 1e-4 '
                                        'was tried')
     base.check_attenuation(self.attenuation, self.attenuation_decays, 'HierarchicalRNN')
+    base.check_coherence_decay(self.coherence_decay, 'HierarchicalRNN')
 
   @property
   def log_lr_bounds(self) -> tuple[float, float]:
@@ -396,7 +412,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
 
   def state_floats_per_parameter(self) -> int:
     """Per-parameter optimizer state, in floats (the per-tensor and global states are extra, O(tensors))."""
-    return self.cell_sizes[0] + 3 + 2 * self.num_scales + int(self.use_attention)
+    return (self.cell_sizes[0] + 3 + 2 * self.num_scales + int(self.use_attention)
+            + int(self.coherence_decay is not None))
 
   # ----------------------------------------------------------------------------------------------------------------
   # Meta-parameters.
@@ -475,6 +492,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
         global_hidden=jnp.array(meta['global_hidden_init'], jnp.float32, copy=True),
         initial_scale=jnp.stack([self._tensor_scale(leaf) for leaf in leaves]) if leaves else jnp.zeros((0,)),
         gradient_mean_squares=jnp.zeros((2, t if self.attenuation is not None else 0), jnp.float32),
+        coherence_momentum=jnp.zeros((n if self.coherence_decay is not None else 0,), jnp.float32),
+        coherence_mean_square=jnp.zeros((t if self.coherence_decay is not None else 0,), jnp.float32),
     ))
 
   def _tensor_scale(self, param: jax.Array) -> jax.Array:
@@ -502,12 +521,13 @@ class HierarchicalRNN(base.LearnedOptimizer):
       params_flat = layout.flatten(base.leaves_f32(params))
       # Per leaf rather than on slices of the flat block: XLA:CPU copies a column slice before reducing it, and
       # _Layout.segment_mean's "total minus the others" is not accurate for a tensor far smaller than the rest.
-      # Each leaf's mean squared gradient, once, for the gate (its square root) and the attenuation's averages.
+      # Each leaf's mean squared gradient, once, for the gate (its square root), the attenuation's and the
+      # coherence's averages.
+      averaged = self.attenuation is not None or self.coherence_decay is not None
       leaf_mean_squares = ([base.safe_mean(g ** 2) for g in grad_leaves]
-                           if self.min_gradient_rms is not None or self.attenuation is not None else None)
+                           if self.min_gradient_rms is not None or averaged else None)
       gradient_rms = None if self.min_gradient_rms is None else [jnp.sqrt(ms) for ms in leaf_mean_squares]
-      gradient_mean_squares = (None if self.attenuation is None or not grad_leaves
-                               else jnp.stack(leaf_mean_squares))
+      gradient_mean_squares = None if not averaged or not grad_leaves else jnp.stack(leaf_mean_squares)
       update_leaves, new_state = self._step(meta_params, layout, grads_flat, params_flat, self._load(state),
                                             gradient_rms, gradient_mean_squares)
       return base.updates_like(params, update_leaves), self._store(new_state)
@@ -584,10 +604,18 @@ class HierarchicalRNN(base.LearnedOptimizer):
             gradient_rms: list[jax.Array] | None = None, gradient_mean_squares: jax.Array | None = None):
     inputs = self._input_features(state, grads_flat, layout.sizes)
     averages, step_factor = state.gradient_mean_squares, None
-    if gradient_mean_squares is not None:
+    coherence_momentum, coherence_mean_square = state.coherence_momentum, state.coherence_mean_square
+    count = optax.safe_increment(state.count)
+    if gradient_mean_squares is not None and self.attenuation is not None:
       averages = base.gradient_mean_square_averages(averages, gradient_mean_squares, self.attenuation_decays)
-      step_factor = base.attenuation(averages, optax.safe_increment(state.count), self.attenuation_decays,
-                                     self.attenuation)
+      step_factor = base.attenuation(averages, count, self.attenuation_decays, self.attenuation)
+    if gradient_mean_squares is not None and self.coherence_decay is not None:
+      b = self.coherence_decay
+      coherence_momentum = b * coherence_momentum + (1.0 - b) * grads_flat
+      coherence_mean_square = b * coherence_mean_square + (1.0 - b) * gradient_mean_squares
+      factor = base.coherence(feature_ops.segment_mean(jnp.square(coherence_momentum)[None], layout.sizes)[0],
+                              coherence_mean_square, count, b)
+      step_factor = factor if step_factor is None else step_factor * factor
     features = inputs['features']
     tensor_prev, global_prev = state.tensor_hidden, state.global_hidden
     h0, f = self.cell_sizes[0], self.num_features
@@ -675,7 +703,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
     global_hidden = gru.gru_apply(meta['global_rnn'], global_prev, global_input)
 
     new_state = HierarchicalRNNState(
-        count=optax.safe_increment(state.count),
+        count=count,
         param_hidden=param_hidden,
         input_decay=flat('input_decay', state.input_decay),
         rms_decay=flat('rms_decay', state.rms_decay),
@@ -687,5 +715,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
         global_hidden=global_hidden,
         initial_scale=state.initial_scale,
         gradient_mean_squares=averages,
+        coherence_momentum=coherence_momentum,
+        coherence_mean_square=coherence_mean_square,
     )
     return outputs['update'], new_state
