@@ -115,8 +115,8 @@ _MIN_MEAN_SQUARE_EPS = 1e-30  # floor of the per-tensor e (relative_mean_square_
 
 _GLOBAL_INPUTS = ('mean', 'last')
 # The state arrays over all N parameters, stored in ``state_dtype`` (true_param excepted: see HierarchicalRNN).
-_PER_PARAMETER_FIELDS = ('param_hidden', 'input_decay', 'rms_decay', 'log_lr', 'momenta', 'mean_squares',
-                         'coherence_momentum')
+# coherence_momentum joins them only when coherence_decay is set (else it is an empty float32 placeholder).
+_PER_PARAMETER_FIELDS = ('param_hidden', 'input_decay', 'rms_decay', 'log_lr', 'momenta', 'mean_squares')
 
 
 class HierarchicalRNNState(NamedTuple):
@@ -502,11 +502,16 @@ class HierarchicalRNN(base.LearnedOptimizer):
 
   def _load(self, state: HierarchicalRNNState) -> HierarchicalRNNState:
     """The stored state with its per-parameter arrays as float32 (``state_dtype``; no-op for float32)."""
-    return state._replace(**{k: base.from_state(getattr(state, k)) for k in _PER_PARAMETER_FIELDS})
+    return state._replace(**{k: base.from_state(getattr(state, k)) for k in self._per_parameter_fields()})
 
   def _store(self, state: HierarchicalRNNState) -> HierarchicalRNNState:
     """The float32 state with its per-parameter arrays rounded to ``state_dtype`` for storage."""
-    return state._replace(**{k: base.to_state(getattr(state, k), self.state_dtype) for k in _PER_PARAMETER_FIELDS})
+    return state._replace(
+        **{k: base.to_state(getattr(state, k), self.state_dtype) for k in self._per_parameter_fields()})
+
+  def _per_parameter_fields(self) -> tuple[str, ...]:
+    """The state fields over all N parameters, which ``state_dtype`` applies to."""
+    return _PER_PARAMETER_FIELDS + (('coherence_momentum',) if self.coherence_decay is not None else ())
 
   def transform(self, meta_params: base.MetaParams) -> optax.GradientTransformationExtraArgs:
 

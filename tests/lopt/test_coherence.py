@@ -150,6 +150,11 @@ def test_config_round_trip_and_bfloat16_state():
   _, state = tx.update(jax.tree.map(lambda p: 0.1 * p, params), state, params)
   assert state.coherence_momentum.dtype == jnp.bfloat16  # a per-parameter statistic, stored like the momenta
   assert state.coherence_mean_square.dtype == jnp.float32
+  # Off, the empty placeholder stays float32 like every other non-per-parameter field (the contract suite's rule).
+  off_tx = dataclasses.replace(bf16, coherence_decay=None).transform(bf16.init(jax.random.PRNGKey(0)))
+  _, state = off_tx.update(jax.tree.map(lambda p: 0.1 * p, params), off_tx.init(params), params)
+  assert state.coherence_momentum.shape == (0,) and state.coherence_momentum.dtype == jnp.float32
+  assert state.momenta.dtype == jnp.bfloat16
 
 
 def test_meta_gradient_is_finite_with_vanishing_gradients():
