@@ -233,8 +233,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
       bound: meta-trained rates fall by 1e2-1e4 once the loss flattens (the short-horizon bias of meta-training),
       and a floor keeps every relative step at least ``exp(min_log_lr + o)`` of its tensor's RMS (lowered for wide
       tensors with ``fan_in_reference``). Releases 5 and 6 shipped ``-8`` and ``-7`` and were withdrawn: on wide
-      nets trained to near-zero loss the forced steps made the loss climb back (docs/algorithms.md §2.11); the
-      shipped release 4 has no floor. May be traced.
+      nets trained to near-zero loss the forced steps made the loss climb back (docs/algorithms.md §2.11); releases
+      4 and 7 have no floor. May be traced.
     fan_in_reference: ``None`` (default) or a fan-in ``r``: a tensor of two or more dimensions whose fan-in ``n``
       (the product of all but its last dimension) exceeds ``r`` has both clips of ``l`` lowered by
       ``log(n / r) / 2``. A relative step that is coherent across a layer's inputs changes its outputs by about
@@ -305,7 +305,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
       tensor does not, so without it a net whose loss has reached its noise floor keeps taking full-size steps in
       noisy directions, and a wide one drifts until its loss climbs back (``patches8_mlp_512x512``: 19x the initial
       loss with candidate 15, 1.0x with ``b = 0.9``; docs/algorithms.md §2.11). Deterministic gradients keep a
-      factor near 1. Adds 1 float per parameter and 1 per tensor to the state.
+      factor near 1. Release 7 ships ``b = 0.9``. Adds 1 float per parameter and 1 per tensor to the state.
     state_dtype: dtype of the per-parameter state (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`): ``h``, the
       decays, ``l``, the momenta and mean squares. The attention's ``true_param`` stays float32: it is a copy of the
       parameters, not a statistic, and rounding it would move the parameters by up to 2^-9 of their value per step.
