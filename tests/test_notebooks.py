@@ -57,15 +57,14 @@ def test_notebook_reads_the_quick_switch(path):
     assert QUICK_ENV in source, f'{path.name} does not read {QUICK_ENV}, so the test suite cannot shrink it'
 
 
-@pytest.mark.slow  # quick mode, in the full suite on 2 cores: 15 s (01) to ~60 s (03, 04); ~4 min for all six
+@pytest.mark.slow  # quick mode, in the full suite on 2 cores: 15 s (01) to 82 s (06); ~5 min for all six
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
   monkeypatch.setenv(QUICK_ENV, '1')
   # Quick mode runs each program a few times, so compiling dominates: XLA's backend optimisations (LLVM passes) cost
   # more than they save (notebook 04: 122 s -> 43 s, 03: 91 s -> 45 s, measured alone on 2 cores). What the test
   # checks (every cell runs, every figure is drawn) does not depend on how the backend schedules the operations.
-  monkeypatch.setenv('XLA_FLAGS', ' '.join(filter(None, [os.environ.get('XLA_FLAGS'),
-                                                          '--xla_backend_optimization_level=0'])))
+  monkeypatch.setenv('XLA_FLAGS', (os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip())
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
   monkeypatch.setenv('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
   notebook = nbformat.read(path, as_version=4)
