@@ -44,7 +44,7 @@ def compare(report: dict, candidates: dict[str, harness.OptimizerSpec], suite: s
   names = list(tasks) if tasks else list(entries)
   unknown = [n for n in names if n not in entries]
   if unknown:
-    raise SystemExit(f'--tasks: {unknown} are not in the report (it has {sorted(entries)}).')
+    raise ValueError(f'tasks {unknown} are not in the report (it has {sorted(entries)}).')
   table = {}
   for name in names:
     stored = entries[name]
@@ -66,14 +66,17 @@ def summary(table: dict, candidates: Sequence[str]) -> dict:
   others = sorted({k for row in table.values() for k in row})
   out = {}
   for cand in candidates:
-    wins = {o: sum(_loss(row[cand]) < _loss(row[o]) for row in table.values()) for o in others if o != cand}
-    ratios = [harness.log10_ratio(_loss(row[cand]), _loss(row[REFERENCE])) for row in table.values()]
+    wins = {o: sum(comparable_loss(row[cand]) < comparable_loss(row[o]) for row in table.values())
+            for o in others if o != cand}
+    ratios = [harness.log10_ratio(comparable_loss(row[cand]), comparable_loss(row[REFERENCE]))
+              for row in table.values()]
     out[cand] = {'wins': wins, 'tasks': len(table), 'log10_ratio_iqm_vs_adam_tuned': harness.interquartile_mean(ratios),
                  'non_finite': sum(not row[cand]['finite'] for row in table.values())}
   return out
 
 
-def _loss(result: dict) -> float:
+def comparable_loss(result: dict) -> float:
+  """A table entry's final loss for ranking: ``inf`` when the run diverged or has no loss."""
   loss = result.get('final_loss')
   return float('inf') if loss is None or not result.get('finite', True) else float(loss)
 
@@ -120,12 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     raise SystemExit(f'{args.report} is not a report.json of python -m evaluation (its "tasks" is not a list; a '
                      'comparison.json written by this tool cannot be compared against): pass the report it was made '
                      'from, named in its "report" field.')
-  suite = args.suite or _guess_suite(report)
+  try:
+    suite = args.suite or guess_suite(report)
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
   candidates = dict(cli.candidate(s) for s in args.optimizer)
   clash = set(candidates) & {k for t in report['tasks'] for k in t['results']}
   if clash:
     raise SystemExit(f'--optimizer names {sorted(clash)} are already in the report: choose other names.')
-  table = compare(report, candidates, suite, args.tasks.split(',') if args.tasks else None)
+  tasks = args.tasks.split(',') if args.tasks else None
+  unknown = sorted(set(tasks or ()) - {t['name'] for t in report['tasks']})
+  if unknown:
+    raise SystemExit(f'--tasks: {unknown} are not in the report (it has {sorted(t["name"] for t in report["tasks"])}).')
+  table = compare(report, candidates, suite, tasks)
   text = markdown(table, list(candidates), args.report)
   print(text)
   if args.out:
@@ -138,12 +148,13 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
-def _guess_suite(report: dict) -> str:
+def guess_suite(report: dict) -> str:
+  """The suite (``'test'`` or ``'validation'``) whose tasks hold all of a report's; ``ValueError`` when neither."""
   names = {t['name'] for t in report['tasks']}
   for suite, module in cli.SUITES.items():
     if names <= set(module.ALL_TASKS):
       return suite
-  raise SystemExit('cannot tell the report\'s suite from its task names: pass --suite.')
+  raise ValueError('cannot tell the report\'s suite from its task names: pass --suite.')
 
 
 def _json_number(x):
