@@ -246,8 +246,8 @@ def _run_comparison(stage: dict, name: str, spec: harness.OptimizerSpec) -> Stag
   report = _read_report(stage['report'], 'comparison stage')
   table = against_report.compare(report, {name: spec}, 'validation', stage.get('tasks'))
   steps = sorted({t['num_steps'] for t in report['tasks']})
-  title = (f'comparison on the validation suite, {"/".join(map(str, steps))} steps, {report["seeds"]} seeds '
-           f'(`{stage["report"]}`)')
+  title = (f'comparison on the validation suite, {"/".join(map(str, steps))} steps, '
+           f'{_count(report["seeds"], "seed")} (`{stage["report"]}`)')
   return StageResult(title, comparison_conditions(stage, table, name),
                      against_report.markdown(table, [name], stage['report']))
 
@@ -265,7 +265,8 @@ def _run_robustness(stage: dict, name: str, spec: harness.OptimizerSpec, progres
       break
   failed = [c.name for c in checks if not c.passed]
   role = ' (veto only)' if suite_name == 'test' else ''
-  title = f'robustness on the {suite_name} suite{role}, {stage["seeds"]} seeds, {multiple:g} x {stage["steps"]} steps'
+  title = (f'robustness on the {suite_name} suite{role}, {_count(stage["seeds"], "seed")}, '
+           f'{multiple:g} x {stage["steps"]} steps')
   measured = f'{len(checks) - len(failed)}/{len(names)} tasks pass'
   if failed:
     measured += f'; failed: {", ".join(failed)}, the rest not run'
@@ -275,6 +276,10 @@ def _run_robustness(stage: dict, name: str, spec: harness.OptimizerSpec, progres
     measured += f'; worst peak / initial loss {worst:.3g} ({task})'
   return StageResult(title, (Condition('every task and seed passes', measured, f'{len(names)}/{len(names)}',
                                        not failed),), robustness.markdown(checks))
+
+
+def _count(n: int, noun: str) -> str:
+  return f'{n} {noun}' + ('' if n == 1 else 's')
 
 
 def run_gate(rule: Rule, name: str, spec: harness.OptimizerSpec, out_dir: str, identity: str,
@@ -331,13 +336,14 @@ def decision_markdown(rule: Rule, name: str, identity: str, results: Sequence[St
           'fails': f'**{name} fails the rule at stage {failed[0]}**; later stages were not run.' if failed else '',
           'incomplete': f'**Incomplete**: {name} has passed every stage run so far.'}[outcome]
   lines = [f'# Release gate: {name}', '', f'Rule `{rule.path}` (rule name `{rule.name}`); candidate identity '
-           f'`{identity}`.', '', line, '', '| stage | condition | measured | bound | holds |', '|---|---|---|---|---|']
+           f'`{identity}`.', '', line, '', 'Each stage\'s runs are in its section below.', '',
+           '| stage | condition | measured | bound | holds |', '|---|---|---|---|---|']
   for k, (stage, result) in enumerate(zip(rule.stages, results), 1):
     if result is None:
       lines.append(f'| {k}. {stage["kind"]} | not run | | | |')
       continue
     for c in result.conditions:
-      lines.append(f'| {k}. {result.title} | {c.name} | {c.measured} | {c.bound} | {"yes" if c.holds else "**no**"} |')
+      lines.append(f'| {k}. {stage["kind"]} | {c.name} | {c.measured} | {c.bound} | {"yes" if c.holds else "**no**"} |')
   for k, result in enumerate(results, 1):
     if result is not None:
       lines += ['', f'## Stage {k}: {result.title}', '', result.table.rstrip()]
