@@ -42,7 +42,7 @@ def compare(report: dict, candidates: dict[str, harness.OptimizerSpec], suite: s
   """
   entries = {t['name']: t for t in report['tasks']}
   names = list(tasks) if tasks else list(entries)
-  unknown = [n for n in names if n not in entries]
+  unknown = unknown_tasks(report, names)
   if unknown:
     raise ValueError(f'tasks {unknown} are not in the report (it has {sorted(entries)}).')
   table = {}
@@ -59,6 +59,11 @@ def compare(report: dict, candidates: dict[str, harness.OptimizerSpec], suite: s
     print(f'{name}: ' + ', '.join(f'{c} {results[c]["final_loss"]:.4g}' for c in candidates), file=sys.stderr,
           flush=True)
   return table
+
+
+def unknown_tasks(report: dict, tasks: Sequence[str]) -> list[str]:
+  """The names in ``tasks`` that ``report`` holds no task of, sorted."""
+  return sorted(set(tasks) - {t['name'] for t in report['tasks']})
 
 
 def summary(table: dict, candidates: Sequence[str]) -> dict:
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
   if clash:
     raise SystemExit(f'--optimizer names {sorted(clash)} are already in the report: choose other names.')
   tasks = args.tasks.split(',') if args.tasks else None
-  unknown = sorted(set(tasks or ()) - {t['name'] for t in report['tasks']})
+  unknown = unknown_tasks(report, tasks or ())
   if unknown:
     raise SystemExit(f'--tasks: {unknown} are not in the report (it has {sorted(t["name"] for t in report["tasks"])}).')
   table = compare(report, candidates, suite, tasks)

@@ -203,11 +203,11 @@ def preflight(rule: Rule, name: str) -> None:
     where = f'{rule.path or "rule"}, stage {k}'
     if stage['kind'] == 'comparison':
       report = _read_report(stage['report'], where)
-      names = {t['name'] for t in report['tasks']}
       optimizers = {o for t in report['tasks'] for o in t['results']}
-      unknown = sorted(set(stage.get('tasks') or ()) - names)
+      unknown = against_report.unknown_tasks(report, stage.get('tasks') or ())
       if unknown:
-        raise _fail(where, f'tasks {unknown} are not in {stage["report"]} (it has {sorted(names)}).')
+        raise _fail(where, f'tasks {unknown} are not in {stage["report"]} (it has '
+                    f'{sorted(t["name"] for t in report["tasks"])}).')
       missing = sorted(set(stage.get('min_wins', {})) - optimizers)
       if missing:
         raise _fail(where, f'min_wins names {missing}, which {stage["report"]} does not hold (it has '
