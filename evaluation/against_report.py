@@ -121,13 +121,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--tasks', default=None, help='comma-separated subset of the report\'s tasks')
   parser.add_argument('--out', default=None, help='directory for comparison.md and comparison.json')
   args = parser.parse_args(argv)
-  with open(args.report, encoding='utf-8') as f:
-    report = json.load(f)
-  if not isinstance(report.get('tasks'), list):
-    # A comparison.json (this tool's own output) keeps its tasks in a dict, and holds no runs to compare against.
-    raise SystemExit(f'{args.report} is not a report.json of python -m evaluation (its "tasks" is not a list; a '
-                     'comparison.json written by this tool cannot be compared against): pass the report it was made '
-                     'from, named in its "report" field.')
+  try:
+    report = load_report(args.report)
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
   try:
     suite = args.suite or guess_suite(report)
   except ValueError as e:
@@ -151,6 +148,21 @@ def main(argv: list[str] | None = None) -> int:
       json.dump({'report': args.report, 'seeds': report['seeds'], 'tasks': table,
                  'summary': summary(table, list(candidates))}, f, indent=1, default=_json_number)
   return 0
+
+
+def load_report(path: str) -> dict:
+  """Reads a ``report.json`` written by ``python -m evaluation``; ``ValueError`` naming the problem otherwise."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      report = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f'cannot read the report {path} ({e}).') from None
+  if not isinstance(report, dict) or not isinstance(report.get('tasks'), list):
+    # A comparison.json (this tool's own output) keeps its tasks in a dict, and holds no runs to compare against.
+    raise ValueError(f'{path} is not a report.json of python -m evaluation (its "tasks" is not a list; a '
+                     'comparison.json written by python -m evaluation.against_report cannot be compared against): '
+                     'pass the report it was made from, named in its "report" field.')
+  return report
 
 
 def guess_suite(report: dict) -> str:

@@ -225,12 +225,9 @@ def preflight(rule: Rule, name: str) -> None:
 
 def _read_report(path: str, where: str) -> dict:
   try:
-    with open(path, encoding='utf-8') as f:
-      report = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise _fail(where, f'cannot read the report {path} ({e}).') from None
-  if not isinstance(report.get('tasks'), list):
-    raise _fail(where, f'{path} is not a report.json of python -m evaluation (its "tasks" is not a list).')
+    report = against_report.load_report(path)
+  except ValueError as e:
+    raise _fail(where, str(e)) from None
   try:
     suite = against_report.guess_suite(report)
   except ValueError:

@@ -142,6 +142,10 @@ def test_preflight_refuses_test_suite_comparisons_and_unknown_names_before_runni
     check(f'kind = "comparison"\nreport = "{validation_report}"\nmax_iqm = 0', name='adam_tuned')
   with pytest.raises(ValueError, match='cannot read the report'):
     check(f'kind = "comparison"\nreport = "{tmp_path / "missing.json"}"\nmax_iqm = 0')
+  comparison_json = tmp_path / 'comparison.json'  # against_report's output keeps its tasks in a dict
+  comparison_json.write_text('{"report": "r.json", "tasks": {}}')
+  with pytest.raises(ValueError, match=r'stage 1: .*is not a report.json'):
+    check(f'kind = "comparison"\nreport = "{comparison_json}"\nmax_iqm = 0')
   with pytest.raises(ValueError, match=r"tasks \['digits_mlp'\] are not in the validation suite"):
     check('kind = "robustness"\nsuite = "validation"\ntasks = ["digits_mlp"]\nsteps = 500\nseeds = 3')
   check(f'kind = "comparison"\nreport = "{validation_report}"\nmax_iqm = 0')  # a well-formed stage passes
