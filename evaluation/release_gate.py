@@ -172,7 +172,8 @@ def comparison_conditions(stage: dict, table: dict, candidate: str) -> tuple[Con
     conditions.append(Condition(f'wins vs {other}', f'{won}/{summary["tasks"]}', f'>= {count}', won >= count))
   if 'max_iqm' in stage:
     iqm = summary['log10_ratio_iqm_vs_adam_tuned']
-    conditions.append(Condition('IQM log10(loss / tuned Adam)', f'{iqm:+.3f}', f'<= {stage["max_iqm"]:+.3f}',
+    measured, bound = _distinct(iqm, stage['max_iqm'])
+    conditions.append(Condition('IQM log10(loss / tuned Adam)', measured, f'<= {bound}',
                                 bool(iqm <= stage['max_iqm'])))  # NaN (no defined ratio) fails
   if 'max_tasks_over' in stage:
     factor, count = stage['max_tasks_over']['factor'], stage['max_tasks_over']['count']
@@ -181,6 +182,16 @@ def comparison_conditions(stage: dict, table: dict, candidate: str) -> tuple[Con
                                                                                         if over else ''),
                                 f'<= {count}', len(over) <= count))
   return tuple(conditions)
+
+
+def _distinct(value: float, bound: float) -> tuple[str, str]:
+  """``value`` and ``bound`` with 3 decimals, or with as many more (up to 8) as it takes to print them apart, so that
+  a verdict on +0.0344 against +0.034 does not read "+0.034 <= +0.034: no"."""
+  for digits in range(3, 9):
+    shown = f'{value:+.{digits}f}', f'{bound:+.{digits}f}'
+    if shown[0] != shown[1] or value == bound:
+      break
+  return shown
 
 
 def tasks_over(table: dict, candidate: str, factor: float) -> list[str]:

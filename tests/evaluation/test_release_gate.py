@@ -105,6 +105,10 @@ def test_comparison_bounds_count_wins_iqm_and_tasks_over_a_factor():
   assert not conditions['IQM log10(loss / tuned Adam)'].holds
   assert conditions['tasks over 10x tuned Adam'].measured == '2 (b, e)'
   assert not conditions['tasks over 10x tuned Adam'].holds
+  # A bound missed in the fourth decimal is printed with four, so the verdict can be read from the numbers.
+  tight = {'a': row(10 ** 0.0344, 1.0)}
+  iqm, = release_gate.comparison_conditions({'max_iqm': 0.034}, tight, 'c')
+  assert (iqm.measured, iqm.bound, iqm.holds) == ('+0.0344', '<= +0.0340', False)
 
 
 @pytest.mark.parametrize('text, message', [
