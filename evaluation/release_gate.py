@@ -22,8 +22,10 @@ reported as not run: their hours of compute could not change the decision). Two 
 
 Each finished stage is stored as ``stage_K.json`` in the output directory with the candidate's identity (the
 SHA-256 of its file) and the stage's definition; a rerun with the same candidate and stage reuses it, so an
-interrupted gate resumes where it stopped. ``decision.md`` holds every condition with its measured value and bound,
-and the verdict. Exit status: 0 when every stage passes, 1 when one fails.
+interrupted gate resumes where it stopped. A robustness stage also stores each finished task as it goes
+(``stage_K.partial.json``, removed when the stage ends), so a run stopped mid-stage loses only the task under way.
+``decision.md`` holds every condition with its measured value and bound, and the verdict. Exit status: 0 when every
+stage passes, 1 when one fails.
 """
 
 from __future__ import annotations
@@ -260,15 +262,29 @@ def _run_comparison(stage: dict, name: str, spec: harness.OptimizerSpec) -> Stag
                      against_report.markdown(table, [name], stage['report']))
 
 
-def _run_robustness(stage: dict, name: str, spec: harness.OptimizerSpec, progress: bool) -> StageResult:
+def _run_robustness(stage: dict, name: str, spec: harness.OptimizerSpec, progress: bool,
+                    partial: tuple[str, dict] | None = None) -> StageResult:
+  """``partial``: ``(path, header)``; each finished task is stored there under ``header`` (the candidate and the
+  stage), and tasks stored under the same header by an interrupted run are not run again."""
   suite_name = stage['suite']
   names = stage.get('tasks') or list(cli.SUITES[suite_name].ALL_TASKS)
   multiple = stage.get('multiple', 10)
+  done: dict[str, robustness.TaskCheck] = {}
+  if partial:
+    stored = _read_json(partial[0])
+    if stored and stored.get('header') == partial[1]:
+      done = {t['name']: _task_check(t) for t in stored['tasks']}
+      print(f'  reusing {len(done)} finished task(s) of {partial[0]}', file=sys.stderr)
   checks = []
   # One task at a time, stopping at the first failure: the stage has failed, the rest cannot change that.
   for entry in cli.build_suite(suite_name, names, stage['steps']):
-    checks += robustness.check_robustness(spec, [entry], seeds=stage['seeds'], horizon_multiple=multiple,
-                                          progress=progress)
+    if entry.name in done:
+      checks.append(done[entry.name])
+    else:
+      checks += robustness.check_robustness(spec, [entry], seeds=stage['seeds'], horizon_multiple=multiple,
+                                            progress=progress)
+      if partial:  # a stage runs for hours: a sitting that ends mid-stage keeps what it finished
+        _write_json(partial[0], {'header': partial[1], 'tasks': [dataclasses.asdict(c) for c in checks]})
     if not checks[-1].passed:
       break
   failed = [c.name for c in checks if not c.passed]
@@ -284,6 +300,11 @@ def _run_robustness(stage: dict, name: str, spec: harness.OptimizerSpec, progres
     measured += f'; worst peak / initial loss {worst:.3g} ({task})'
   return StageResult(title, (Condition('every task and seed passes', measured, f'{len(names)}/{len(names)}',
                                        not failed),), robustness.markdown(checks))
+
+
+def _task_check(data: dict) -> robustness.TaskCheck:
+  return robustness.TaskCheck(data['name'], data['num_steps'],
+                              tuple(robustness.SeedCheck(**seed) for seed in data['seeds']))
 
 
 def _count(n: int, noun: str) -> str:
@@ -312,13 +333,23 @@ def run_gate(rule: Rule, name: str, spec: harness.OptimizerSpec, out_dir: str, i
       print(f'stage {k}: reusing {path}', file=sys.stderr)
     else:
       print(f'stage {k}: {stage["kind"]}', file=sys.stderr, flush=True)
+      header = {'name': name, 'identity': identity, 'stage': stage}
+      partial = os.path.join(out_dir, f'stage_{k}.partial.json')
       result = (_run_comparison(stage, name, spec) if stage['kind'] == 'comparison'
-                else _run_robustness(stage, name, spec, progress))
-      with open(path, 'w', encoding='utf-8') as f:
-        json.dump({'name': name, 'identity': identity, 'stage': stage, 'result': result.to_json()}, f, indent=1)
+                else _run_robustness(stage, name, spec, progress, (partial, header)))
+      _write_json(path, {**header, 'result': result.to_json()})
+      if os.path.exists(partial):
+        os.remove(partial)
     results.append(result)
     _write_decision(rule, name, identity, results + [None] * (len(rule.stages) - len(results)), out_dir)
   return results
+
+
+def _write_json(path: str, data: dict) -> None:
+  # Written beside, then renamed: a sitting that ends mid-write leaves the previous file, not half of one.
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(data, f, indent=1)
+  os.replace(path + '.tmp', path)
 
 
 def _read_json(path: str) -> dict | None:

@@ -90,6 +90,35 @@ def test_stages_run_in_order_until_one_fails_and_a_rerun_reuses_the_stored_stage
     release_gate.run_gate(rule, 'cand', _failing_spec(), str(out), identity='sha256:b', progress=False)
 
 
+def test_a_robustness_stage_stopped_mid_way_resumes_after_its_last_finished_task(tmp_path):
+  rule = release_gate.parse_rule(f'''
+name = "example"
+[[stage]]
+kind = "robustness"
+suite = "validation"
+tasks = ["{TASK}", "styblinski_tang"]
+steps = 11
+seeds = 1
+''', 'rule.toml')
+  out = tmp_path / 'gate'
+  out.mkdir()
+  # What a run stopped during the second task leaves: the first task's check, under the candidate and the stage.
+  # Its peak ratio (1.5) is one no real run of this task gives, so the result shows whether it was reused.
+  first = {'name': TASK, 'num_steps': 110, 'seeds': [{'initial_loss': 2.0, 'finite': True, 'descends_early': True,
+                                                      'never_above_twice_initial': True, 'max_ratio': 1.5}]}
+  header = {'name': 'cand', 'identity': 'sha256:a', 'stage': rule.stages[0]}
+  partial = out / 'stage_1.partial.json'
+  partial.write_text(json.dumps({'header': header, 'tasks': [first]}))
+  result, = release_gate.run_gate(rule, 'cand', _spec(), str(out), identity='sha256:a', progress=False)
+  assert result.passed and '1.5 (norm_22_p3)' in result.conditions[0].measured
+  assert not partial.exists() and (out / 'stage_1.json').exists()  # a finished stage keeps only its result
+  # Stored for another candidate file, the finished task is run again.
+  partial.write_text(json.dumps({'header': {**header, 'identity': 'sha256:b'}, 'tasks': [first]}))
+  (out / 'stage_1.json').unlink()
+  result, = release_gate.run_gate(rule, 'cand', _spec(), str(out), identity='sha256:a', progress=False)
+  assert result.passed and '1.5 (norm_22_p3)' not in result.conditions[0].measured
+
+
 def test_comparison_bounds_count_wins_iqm_and_tasks_over_a_factor():
   def row(cand, tuned):
     return {'c': {'final_loss': cand, 'finite': cand is not None}, 'adam_tuned': {'final_loss': tuned, 'finite': True}}
