@@ -17,7 +17,9 @@ reported as not run: their hours of compute could not change the decision). Two 
   count = 1}``; tasks where the ratio is undefined, such as tuned Adam reaching exactly 0, are not counted).
   Comparisons on the test suite are refused: the test suite reports, it decides nothing.
 - ``robustness``: :func:`evaluation.robustness.check_robustness` on a suite's tasks (all of them by default) for
-  ``multiple`` (10) times ``steps``, with ``seeds`` seeds; every task and seed must pass. On the test suite this is
+  ``multiple`` (10) times ``steps``, with ``seeds`` seeds; every task and seed must pass. Optionally ``max_climb``
+  bounds how far any seed's loss climbs back from its best (mean over the run's last tenth / lowest mean over a
+  tenth; the robustness check itself only reports it). On the test suite this is
   the one decision the test suite may take part in, a veto: it can withdraw a candidate, never choose one.
 
 Each finished stage is stored as ``stage_K.json`` in the output directory with the candidate's identity (the
@@ -49,7 +51,7 @@ REFERENCE = against_report.REFERENCE
 
 _STAGE_KEYS = {
     'comparison': {'kind', 'report', 'tasks', 'min_wins', 'max_iqm', 'max_tasks_over'},
-    'robustness': {'kind', 'suite', 'tasks', 'steps', 'seeds', 'multiple'},
+    'robustness': {'kind', 'suite', 'tasks', 'steps', 'seeds', 'multiple', 'max_climb'},
 }
 
 
@@ -152,6 +154,10 @@ def _check_stage(stage: dict, where: str) -> None:
     for key in ('steps', 'seeds'):
       if not _is_count(stage.get(key)) or stage[key] < 1:
         raise _fail(where, f'{key} must be an integer >= 1, got {stage.get(key)!r}.')
+    climb = stage.get('max_climb', 1)
+    if isinstance(climb, bool) or not isinstance(climb, (int, float)) or climb < 1:
+      raise _fail(where, f'max_climb must be a number >= 1 (the loss over the last tenth of the run / its lowest '
+                  f'over a tenth), got {climb!r}.')
     multiple = stage.get('multiple', 10)
     if not isinstance(multiple, (int, float)) or multiple * stage['steps'] <= robustness.EARLY_STEP:
       raise _fail(where, f'multiple x steps must exceed {robustness.EARLY_STEP} (the early-descent check\'s step), '
@@ -298,8 +304,14 @@ def _run_robustness(stage: dict, name: str, spec: harness.OptimizerSpec, progres
   if peaks:
     worst, task = max(peaks)
     measured += f'; worst peak / initial loss {worst:.3g} ({task})'
-  return StageResult(title, (Condition('every task and seed passes', measured, f'{len(names)}/{len(names)}',
-                                       not failed),), robustness.markdown(checks))
+  conditions = [Condition('every task and seed passes', measured, f'{len(names)}/{len(names)}', not failed)]
+  if 'max_climb' in stage:
+    # Undefined climbs (a loss whose lowest tenth is not positive) are not counted, as in robustness.worst_climb.
+    worst, task = robustness.worst_climb(checks)
+    conditions.append(Condition('climb: last / best tenth of the run, worst task and seed',
+                                'none defined' if math.isnan(worst) else f'{worst:.3g} ({task})',
+                                f'<= {stage["max_climb"]:g}', math.isnan(worst) or worst <= stage['max_climb']))
+  return StageResult(title, tuple(conditions), robustness.markdown(checks))
 
 
 def _task_check(data: dict) -> robustness.TaskCheck:

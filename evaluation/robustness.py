@@ -9,6 +9,12 @@ parameters), a run *passes* when all three hold:
    enough that a run that has not descended by step 100 cannot pass on later progress);
 3. **never blows up**: every ``f_t <= 2 f_0`` (raw per-step losses, no smoothing: a single spike counts).
 
+Each seed also reports, without it deciding the pass, how far its loss **climbed back from its best**: the mean of
+``f_t`` over the run's last tenth divided by the lowest mean over any of its ten tenths (1 for a loss that ends at its
+best; tenths because minibatch losses are noisy). A run can climb 10x from its minimum and stay far below ``2 f_0`` on
+a landscape whose initial loss is huge; a release rule may bound the climb (``max_climb`` in
+:mod:`evaluation.release_gate`).
+
 ``f_0`` must be positive for 2 and 3 to mean anything; every network task of the suites has a positive loss. Tasks
 whose initial loss is <= 0 report the checks as not applicable (``None``) rather than passing them silently.
 """
@@ -29,6 +35,8 @@ EARLY_STEP = 100
 EARLY_WINDOW = 10
 #: The loss may never exceed this multiple of its initial value.
 BLOWUP_FACTOR = 2.0
+#: The climb compares the mean loss over the last of this many equal blocks of the run with the lowest block mean.
+CLIMB_BLOCKS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +47,8 @@ class SeedCheck:
   descends_early: bool | None
   never_above_twice_initial: bool | None
   max_ratio: float  # max_t f_t / f_0 (inf when a loss is non-finite)
+  # Mean over the last tenth / lowest mean over a tenth (NaN: undefined, or a check stored before it was measured).
+  climb: float = math.nan
 
   @property
   def passed(self) -> bool:
@@ -56,7 +66,23 @@ def check_curve(train_loss: np.ndarray) -> SeedCheck:
     return SeedCheck(initial, finite, None, None, math.nan)
   early = float(np.mean(losses[EARLY_STEP - EARLY_WINDOW + 1:EARLY_STEP + 1]))
   peak = float(np.max(losses)) if finite else math.inf
-  return SeedCheck(initial, finite, bool(early < initial), bool(peak <= BLOWUP_FACTOR * initial), peak / initial)
+  return SeedCheck(initial, finite, bool(early < initial), bool(peak <= BLOWUP_FACTOR * initial), peak / initial,
+                   climb(losses))
+
+
+def climb(train_loss: np.ndarray, blocks: int = CLIMB_BLOCKS) -> float:
+  """Mean loss over the last of ``blocks`` equal blocks of the run / the lowest block mean (>= 1; the steps that do
+  not fill a block are dropped from the front). ``inf`` when a loss is non-finite; NaN when the lowest block mean
+  is not positive or the run is shorter than ``blocks`` steps."""
+  losses = np.asarray(train_loss, np.float64)
+  size = losses.size // blocks
+  if size == 0:
+    return math.nan
+  if not np.all(np.isfinite(losses)):
+    return math.inf
+  means = losses[losses.size - size * blocks:].reshape(blocks, size).mean(axis=1)
+  best = float(np.min(means))
+  return float(means[-1]) / best if best > 0 else math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +112,9 @@ def check_robustness(spec: OptimizerSpec, suite: Sequence[SuiteEntry], seeds: in
 
 def markdown(checks: Sequence[TaskCheck]) -> str:
   """One row per task: pass/fail, the steps run, and the worst seed's numbers."""
-  lines = ['| task | steps | passed | finite | below f_0 by step 100 | max f_t / f_0 (worst seed) |',
-           '|---|---|---|---|---|---|']
+  lines = ['| task | steps | passed | finite | below f_0 by step 100 | max f_t / f_0 (worst seed) | '
+           'climb: last / best tenth (worst seed) |',
+           '|---|---|---|---|---|---|---|']
 
   def cell(values):
     if any(v is None for v in values):
@@ -98,8 +125,15 @@ def markdown(checks: Sequence[TaskCheck]) -> str:
     seeds = check.seeds
     worst = max(s.max_ratio for s in seeds)
     lines.append(f'| {check.name} | {check.num_steps} | {"yes" if check.passed else "**no**"} | '
-                 f'{cell([s.finite for s in seeds])} | {cell([s.descends_early for s in seeds])} | {worst:.3g} |')
+                 f'{cell([s.finite for s in seeds])} | {cell([s.descends_early for s in seeds])} | {worst:.3g} | '
+                 f'{worst_climb([check])[0]:.3g} |')
   return '\n'.join(lines)
+
+
+def worst_climb(checks: Sequence[TaskCheck]) -> tuple[float, str]:
+  """The largest defined climb over the tasks' seeds and its task; ``(nan, '')`` when no seed has one."""
+  climbs = [(s.climb, c.name) for c in checks for s in c.seeds if not math.isnan(s.climb)]
+  return max(climbs) if climbs else (math.nan, '')
 
 
 def main(argv: list[str] | None = None) -> int:

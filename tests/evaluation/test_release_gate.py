@@ -119,6 +119,31 @@ seeds = 1
   assert result.passed and '1.5 (norm_22_p3)' not in result.conditions[0].measured
 
 
+def test_max_climb_bounds_the_worst_climb_from_the_best_tenth(tmp_path):
+  rule = release_gate.parse_rule(f'''
+name = "example"
+[[stage]]
+kind = "robustness"
+suite = "validation"
+tasks = ["{TASK}", "styblinski_tang"]
+steps = 11
+seeds = 1
+max_climb = 3
+''', 'rule.toml')
+  out = tmp_path / 'gate'
+  out.mkdir()
+  # The first task's check, stored as by an interrupted run: it passes issue 10 C but climbed 10x from its best.
+  climbed = {'name': TASK, 'num_steps': 110, 'seeds': [{'initial_loss': 2.0, 'finite': True, 'descends_early': True,
+                                                        'never_above_twice_initial': True, 'max_ratio': 1.0,
+                                                        'climb': 10.0}]}
+  header = {'name': 'cand', 'identity': 'sha256:a', 'stage': rule.stages[0]}
+  (out / 'stage_1.partial.json').write_text(json.dumps({'header': header, 'tasks': [climbed]}))
+  result, = release_gate.run_gate(rule, 'cand', _spec(), str(out), identity='sha256:a', progress=False)
+  passes, climb = result.conditions
+  assert passes.holds and (climb.measured, climb.bound, climb.holds) == ('10 (norm_22_p3)', '<= 3', False)
+  assert not result.passed and '| 10 |' in result.table
+
+
 def test_comparison_bounds_count_wins_iqm_and_tasks_over_a_factor():
   def row(cand, tuned):
     return {'c': {'final_loss': cand, 'finite': cand is not None}, 'adam_tuned': {'final_loss': tuned, 'finite': True}}
@@ -147,6 +172,8 @@ def test_comparison_bounds_count_wins_iqm_and_tasks_over_a_factor():
     ('name = "x"\n[[stage]]\nkind = "comparison"\nreport = "r.json"\n', 'decides nothing'),
     ('name = "x"\n[[stage]]\nkind = "comparison"\nreport = "r.json"\nmax_iqm = 0\nmin_wins = {adam = -1}\n',
      'min_wins must map'),
+    ('name = "x"\n[[stage]]\nkind = "robustness"\nsuite = "validation"\nsteps = 500\nseeds = 3\nmax_climb = 0.5\n',
+     'max_climb must be a number >= 1'),
     ('name = "x"\n[[stage]]\nkind = "robustness"\nsuite = "validation"\nsteps = 10\nseeds = 3\n',
      'must exceed 100'),
     ('name = "x"\n[[stage]]\nkind = "robustness"\nsuite = "validation"\nsteps = 500\nseeds = 3\nhorizon = 10\n',

@@ -30,6 +30,27 @@ def test_checks_have_known_answers_on_made_up_curves():
     robustness.check_curve(falling[:100])
 
 
+def test_climb_compares_the_last_tenth_with_the_best_tenth():
+  # A loss that ends at its best climbs 1x; one that falls to 1 and climbs back to 10 (the quadratic_1024 pattern,
+  # far below twice its initial 1000) passes the checks and reports its climb.
+  assert robustness.climb(np.linspace(2.0, 0.5, 300)) == pytest.approx(1.0)
+  fall_then_climb = np.concatenate([np.full(100, 1000.0), np.full(100, 1.0), np.full(100, 10.0)])
+  # 10 blocks of 30 steps: the lowest block means are 1 (blocks wholly in the middle third), the last 10.
+  check = robustness.check_curve(fall_then_climb)
+  assert check.passed and check.climb == pytest.approx(10.0)
+  # Noise within a block is averaged away: an alternating 0.5 / 1.5 loss has block means of 1 everywhere.
+  assert robustness.climb(np.tile([0.5, 1.5], 150)) == pytest.approx(1.0)
+  # The steps that do not fill a block are dropped from the front (here the first: a 1e6 start changes nothing).
+  assert robustness.climb(np.concatenate([[1e6], np.full(300, 2.0)])) == pytest.approx(1.0)
+  assert math.isinf(robustness.climb(np.concatenate([np.ones(299), [np.inf]])))
+  assert math.isnan(robustness.climb(np.zeros(300)))  # the best tenth is 0: no ratio
+  assert math.isnan(robustness.climb(np.ones(9)))  # fewer steps than blocks
+  checks = [robustness.TaskCheck('a', 300, (check,)), robustness.TaskCheck('b', 300, (robustness.check_curve(
+      np.linspace(2.0, 0.5, 300)),))]
+  assert robustness.worst_climb(checks) == (pytest.approx(10.0), 'a')
+  assert '| a | 300 | yes | 1/1 | 1/1 | 1 | 10 |' in robustness.markdown(checks)
+
+
 def test_adam_passes_and_a_huge_learning_rate_fails_on_a_wide_relu_net():
   suite = validation.validation_suite(['patches8_mlp_512x512'], num_steps=15)  # x10 = 150 steps
   good = robustness.check_robustness(harness.OptimizerSpec('adam', lambda: optax.adam(1e-3)), suite, seeds=2,
