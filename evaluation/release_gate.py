@@ -19,8 +19,8 @@ reported as not run: their hours of compute could not change the decision). Two 
 - ``robustness``: :func:`evaluation.robustness.check_robustness` on a suite's tasks (all of them by default) for
   ``multiple`` (10) times ``steps``, with ``seeds`` seeds; every task and seed must pass. Optionally ``max_climb``
   bounds how far any seed's loss climbs back from its best (mean over the run's last tenth / lowest mean over a
-  tenth; the robustness check itself only reports it). On the test suite this is
-  the one decision the test suite may take part in, a veto: it can withdraw a candidate, never choose one.
+  tenth; the robustness check itself only reports it). On the test suite this is the one decision the test suite
+  may take part in, a veto: it can withdraw a candidate, never choose one.
 
 Each finished stage is stored as ``stage_K.json`` in the output directory with the candidate's identity (the
 SHA-256 of its file) and the stage's definition; a rerun with the same candidate and stage reuses it, so an
