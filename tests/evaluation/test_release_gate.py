@@ -90,8 +90,8 @@ def test_stages_run_in_order_until_one_fails_and_a_rerun_reuses_the_stored_stage
     release_gate.run_gate(rule, 'cand', _failing_spec(), str(out), identity='sha256:b', progress=False)
 
 
-def test_a_robustness_stage_stopped_mid_way_resumes_after_its_last_finished_task(tmp_path):
-  rule = release_gate.parse_rule(f'''
+def _two_task_robustness_rule(extra=''):
+  return release_gate.parse_rule(f'''
 name = "example"
 [[stage]]
 kind = "robustness"
@@ -99,13 +99,23 @@ suite = "validation"
 tasks = ["{TASK}", "styblinski_tang"]
 steps = 11
 seeds = 1
-''', 'rule.toml')
+{extra}''', 'rule.toml')
+
+
+def _stored_first_task(max_ratio=1.0, **extra):
+  """A check of the first task as an interrupted run stores it (``extra``: more SeedCheck fields)."""
+  seed = {'initial_loss': 2.0, 'finite': True, 'descends_early': True, 'never_above_twice_initial': True,
+          'max_ratio': max_ratio, **extra}
+  return {'name': TASK, 'num_steps': 110, 'seeds': [seed]}
+
+
+def test_a_robustness_stage_stopped_mid_way_resumes_after_its_last_finished_task(tmp_path):
+  rule = _two_task_robustness_rule()
   out = tmp_path / 'gate'
   out.mkdir()
   # What a run stopped during the second task leaves: the first task's check, under the candidate and the stage.
   # Its peak ratio (1.5) is one no real run of this task gives, so the result shows whether it was reused.
-  first = {'name': TASK, 'num_steps': 110, 'seeds': [{'initial_loss': 2.0, 'finite': True, 'descends_early': True,
-                                                      'never_above_twice_initial': True, 'max_ratio': 1.5}]}
+  first = _stored_first_task(max_ratio=1.5)
   header = {'name': 'cand', 'identity': 'sha256:a', 'stage': rule.stages[0]}
   partial = out / 'stage_1.partial.json'
   partial.write_text(json.dumps({'header': header, 'tasks': [first]}))
@@ -120,24 +130,12 @@ seeds = 1
 
 
 def test_max_climb_bounds_the_worst_climb_from_the_best_tenth(tmp_path):
-  rule = release_gate.parse_rule(f'''
-name = "example"
-[[stage]]
-kind = "robustness"
-suite = "validation"
-tasks = ["{TASK}", "styblinski_tang"]
-steps = 11
-seeds = 1
-max_climb = 3
-''', 'rule.toml')
+  rule = _two_task_robustness_rule('max_climb = 3\n')
   out = tmp_path / 'gate'
   out.mkdir()
-  # The first task's check, stored as by an interrupted run: it passes issue 10 C but climbed 10x from its best.
-  climbed = {'name': TASK, 'num_steps': 110, 'seeds': [{'initial_loss': 2.0, 'finite': True, 'descends_early': True,
-                                                        'never_above_twice_initial': True, 'max_ratio': 1.0,
-                                                        'climb': 10.0}]}
+  # The first task passes issue 10 C but climbed 10x from its best.
   header = {'name': 'cand', 'identity': 'sha256:a', 'stage': rule.stages[0]}
-  (out / 'stage_1.partial.json').write_text(json.dumps({'header': header, 'tasks': [climbed]}))
+  (out / 'stage_1.partial.json').write_text(json.dumps({'header': header, 'tasks': [_stored_first_task(climb=10.0)]}))
   result, = release_gate.run_gate(rule, 'cand', _spec(), str(out), identity='sha256:a', progress=False)
   passes, climb = result.conditions
   assert passes.holds and (climb.measured, climb.bound, climb.holds) == ('10 (norm_22_p3)', '<= 3', False)
