@@ -300,14 +300,13 @@ def _run_robustness(stage: dict, name: str, spec: harness.OptimizerSpec, progres
   measured = f'{len(checks) - len(failed)}/{len(names)} tasks pass'
   if failed:
     measured += f'; failed: {", ".join(failed)}, the rest not run'
-  peaks = [(s.max_ratio, c.name) for c in checks for s in c.seeds if not math.isnan(s.max_ratio)]
-  if peaks:
-    worst, task = max(peaks)
+  worst, task = robustness.worst_seed(checks, 'max_ratio')
+  if task:
     measured += f'; worst peak / initial loss {worst:.3g} ({task})'
   conditions = [Condition('every task and seed passes', measured, f'{len(names)}/{len(names)}', not failed)]
   if 'max_climb' in stage:
-    # Undefined climbs (a loss whose lowest tenth is not positive) are not counted, as in robustness.worst_climb.
-    worst, task = robustness.worst_climb(checks)
+    # Undefined climbs (a loss whose lowest tenth is not positive) are not counted.
+    worst, task = robustness.worst_seed(checks, 'climb')
     conditions.append(Condition('climb: last / best tenth of the run, worst task and seed',
                                 'none defined' if math.isnan(worst) else f'{worst:.3g} ({task})',
                                 f'<= {stage["max_climb"]:g}', math.isnan(worst) or worst <= stage['max_climb']))

@@ -126,14 +126,15 @@ def markdown(checks: Sequence[TaskCheck]) -> str:
     worst = max(s.max_ratio for s in seeds)
     lines.append(f'| {check.name} | {check.num_steps} | {"yes" if check.passed else "**no**"} | '
                  f'{cell([s.finite for s in seeds])} | {cell([s.descends_early for s in seeds])} | {worst:.3g} | '
-                 f'{worst_climb([check])[0]:.3g} |')
+                 f'{worst_seed([check], "climb")[0]:.3g} |')
   return '\n'.join(lines)
 
 
-def worst_climb(checks: Sequence[TaskCheck]) -> tuple[float, str]:
-  """The largest defined climb over the tasks' seeds and its task; ``(nan, '')`` when no seed has one."""
-  climbs = [(s.climb, c.name) for c in checks for s in c.seeds if not math.isnan(s.climb)]
-  return max(climbs) if climbs else (math.nan, '')
+def worst_seed(checks: Sequence[TaskCheck], field: str) -> tuple[float, str]:
+  """The largest defined value of a :class:`SeedCheck` field (``'max_ratio'`` or ``'climb'``) over the tasks' seeds,
+  and its task; ``(nan, '')`` when no seed has one (NaN: not applicable, or not measured)."""
+  values = [(getattr(s, field), c.name) for c in checks for s in c.seeds if not math.isnan(getattr(s, field))]
+  return max(values) if values else (math.nan, '')
 
 
 def main(argv: list[str] | None = None) -> int:

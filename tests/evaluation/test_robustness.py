@@ -47,7 +47,7 @@ def test_climb_compares_the_last_tenth_with_the_best_tenth():
   assert math.isnan(robustness.climb(np.ones(9)))  # fewer steps than blocks
   checks = [robustness.TaskCheck('a', 300, (check,)), robustness.TaskCheck('b', 300, (robustness.check_curve(
       np.linspace(2.0, 0.5, 300)),))]
-  assert robustness.worst_climb(checks) == (pytest.approx(10.0), 'a')
+  assert robustness.worst_seed(checks, 'climb') == (pytest.approx(10.0), 'a')
   assert '| a | 300 | yes | 1/1 | 1/1 | 1 | 10 |' in robustness.markdown(checks)
 
 
