@@ -338,13 +338,14 @@ def run_gate(rule: Rule, name: str, spec: harness.OptimizerSpec, out_dir: str, i
       results.append(None)
       continue
     path = os.path.join(out_dir, f'stage_{k}.json')
+    # What a stored stage (or a robustness stage's finished tasks) must have been run for to be reused.
+    header = {'name': name, 'identity': identity, 'stage': stage}
     stored = _read_json(path)
-    if stored and stored.get('identity') == identity and stored.get('stage') == stage and stored.get('name') == name:
+    if stored and {key: stored.get(key) for key in header} == header:
       result = StageResult.from_json(stored['result'])
       print(f'stage {k}: reusing {path}', file=sys.stderr)
     else:
       print(f'stage {k}: {stage["kind"]}', file=sys.stderr, flush=True)
-      header = {'name': name, 'identity': identity, 'stage': stage}
       partial = os.path.join(out_dir, f'stage_{k}.partial.json')
       result = (_run_comparison(stage, name, spec) if stage['kind'] == 'comparison'
                 else _run_robustness(stage, name, spec, progress, (partial, header)))
