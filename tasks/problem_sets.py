@@ -271,7 +271,10 @@ def _synthetic_images_autoencoder(hidden: tuple[int, ...], activation: str, batc
 #: (:class:`tasks.NoisyClustersMLPFamily`); ``synthetic_images_autoencoder_...`` an MLP autoencoder of the 16x16 images;
 #: ``synthetic_images_conv_{c1}x{c2}..._{activation}_bs{b}`` a stride-2 ConvNet on the 16x16 images, its convolutions
 #: computed as patches times kernels (``conv_impl='patches'``: vmapped over instances, Flax's convolution becomes a
-#: grouped convolution, 3-4x slower on CPU; ``benchmarks/vmapped_conv.py``).
+#: grouped convolution, 3-4x slower on CPU; ``benchmarks/vmapped_conv.py``). ``quadratic_200`` and ``quadratic_250``
+#: are clean Wichrowska quadratics wider than the set's 20..100 (on some of their instances HRNN candidate 22's loss
+#: climbs back 2-200x from its minimum over 5,000 steps; on none of 4 instances of 25 or of 100 dimensions); the test
+#: suite's quadratics (5, 500 and 2,048 dimensions) stay outside every trained dimension.
 EXTRA_PROBLEMS: dict[str, Callable[[], base.TaskFamily]] = {
     'synthetic_images_mlp_32_relu_bs64': lambda: _synthetic_images_mlp(16, (32,), 'relu', 64),
     'synthetic_images_mlp_32x32_relu_bs32': lambda: _synthetic_images_mlp(16, (32, 32), 'relu', 32),
@@ -286,6 +289,8 @@ EXTRA_PROBLEMS: dict[str, Callable[[], base.TaskFamily]] = {
         lambda: gc.NoisyClustersMLPFamily(10, (64, 64), 32, n_samples=320, flip_y=0.4),
     'mlp_relu_64x64_clusters_nf10_n320_flip0.4_nol2_bs32':
         lambda: gc.NoisyClustersMLPFamily(10, (64, 64), 32, n_samples=320, flip_y=0.4, l2_reg_scale=0.0),
+    'quadratic_200': lambda: quadratic.QuadraticFamily(200),
+    'quadratic_250': lambda: quadratic.QuadraticFamily(250),
 }
 
 
