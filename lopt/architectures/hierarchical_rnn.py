@@ -304,8 +304,8 @@ class HierarchicalRNN(base.LearnedOptimizer):
       step while their gradient falls 100-1000x move its outputs coherently until the loss climbs back, but a
       parameter vector whose gradient falls because it is converging only stalls (``quadratic_1024``, 2,000 steps,
       release 7's meta-parameters: 21.6 with the falls side on the vector, 2.83 without;
-      ``diabetes_binary_mlp_64x64`` stays robust without it on the biases: docs/algorithms.md §2.11). Release 8
-      ships ``False``.
+      ``diabetes_binary_mlp_64x64`` stays robust without it on the biases: docs/algorithms.md §2.11). Releases 8
+      and 9 ship ``False``.
     coherence_decay: ``None`` (default) or ``b`` in ``(0, 1)``: each tensor's step is multiplied by
       ``sqrt(min(1, mean_T(m_hat^2) / v_hat))`` (:func:`lopt.base.coherence`), where ``m`` is a per-element EMA of the
       gradient and ``v`` an EMA of the tensor's ``mean_T(g^2)``, both with decay ``b`` and bias-corrected: 1 for a
@@ -314,7 +314,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
       tensor does not, so without it a net whose loss has reached its noise floor keeps taking full-size steps in
       noisy directions, and a wide one drifts until its loss climbs back (``patches8_mlp_512x512``: 19x the initial
       loss with candidate 15, 1.0x with ``b = 0.9``; docs/algorithms.md §2.11). Deterministic gradients keep a
-      factor near 1. Releases 7 and 8 ship ``b = 0.9``. Adds 1 float per parameter and 1 per tensor to the state.
+      factor near 1. Releases 7 to 9 ship ``b = 0.9``. Adds 1 float per parameter and 1 per tensor to the state.
     state_dtype: dtype of the per-parameter state (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`): ``h``, the
       decays, ``l``, the momenta and mean squares. The attention's ``true_param`` stays float32: it is a copy of the
       parameters, not a statistic, and rounding it would move the parameters by up to 2^-9 of their value per step.
