@@ -49,6 +49,11 @@ def test_climb_compares_the_last_tenth_with_the_best_tenth():
       np.linspace(2.0, 0.5, 300)),))]
   assert robustness.worst_seed(checks, 'climb') == (pytest.approx(10.0), 'a')
   assert '| a | 300 | yes | 1/1 | 1/1 | 1 | 10 |' in robustness.markdown(checks)
+  # A seed whose ratios do not apply (initial loss <= 0, NaN) never hides another seed's peak, wherever it sits.
+  not_applicable = robustness.check_curve(np.linspace(2.0, 0.5, 300) - 5.0)
+  for order in ((not_applicable, check), (check, not_applicable)):
+    table = robustness.markdown([robustness.TaskCheck('c', 300, order)])
+    assert '| c | 300 | yes | 2/2 | n/a | 1 | 10 |' in table
 
 
 def test_adam_passes_and_a_huge_learning_rate_fails_on_a_wide_relu_net():
