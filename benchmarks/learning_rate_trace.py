@@ -29,6 +29,7 @@ import optax
 
 import lopt
 from evaluation import harness, validation
+from lopt import brakes
 
 DEFAULT_TASKS = ('patches8_mlp_64', 'diabetes_mlp', 'patches16_mlp_tanh')
 LR_GRID = tuple(float(v) for v in 10.0 ** np.arange(-5, 0.01, 0.5))
@@ -46,7 +47,7 @@ def _trace(task, tx, num_steps: int, key, record_lr: bool):
     if record_lr:
       sizes = [int(np.prod(np.shape(p))) for p in jax.tree.leaves(params)]
       offsets = np.cumsum([0] + sizes)
-      log_lr = jnp.stack([jnp.mean(state.log_lr[a:b]) for a, b in zip(offsets[:-1], offsets[1:])])
+      log_lr = jnp.stack([jnp.mean(brakes.unwrap(state).log_lr[a:b]) for a, b in zip(offsets[:-1], offsets[1:])])
     else:
       log_lr = jnp.zeros(len(jax.tree.leaves(params)))
     return (optax.apply_updates(params, updates), state), (loss, update_rms, log_lr)

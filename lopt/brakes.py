@@ -90,3 +90,8 @@ def loss_brake(inner: optax.GradientTransformation, *, power: float = 1.0, decay
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
+
+def unwrap(state):
+  """The wrapped optimizer's state when ``state`` is a :class:`LossBrakeState`, else ``state`` itself: code that
+  inspects an architecture's state (its learned rates, momenta) works with and without the brake."""
+  return state.inner_state if isinstance(state, LossBrakeState) else state

@@ -107,3 +107,13 @@ def test_the_hrnn_option_is_the_wrapper_and_survives_save_and_load(tmp_path):
   assert float(state_a.best_average) == pytest.approx(1.0) and isinstance(state_a, lopt.brakes.LossBrakeState)
   with pytest.raises(ValueError, match='loss_brake must be None or a finite number > 0'):
     lopt.HierarchicalRNN(loss_brake=-1.0)
+
+
+def test_unwrap_gives_the_architecture_state_with_or_without_the_brake():
+  plain = lopt.HierarchicalRNN()
+  meta = plain.init(jax.random.key(0))
+  bare = plain.transform(meta).init(PARAMS)
+  braked = lopt.HierarchicalRNN(loss_brake=1.0).transform(meta).init(PARAMS)
+  assert lopt.brakes.unwrap(bare) is bare
+  assert type(lopt.brakes.unwrap(braked)) is type(bare)
+  np.testing.assert_array_equal(lopt.brakes.unwrap(braked).log_lr, bare.log_lr)
