@@ -60,7 +60,7 @@ def loss_brake(inner: optax.GradientTransformation, *, power: float = 1.0, decay
   """
   if not base.is_positive_finite(power):
     raise ValueError(f'loss_brake: power must be a finite number > 0, got {power!r}.')
-  if not (isinstance(decay, (int, float)) and 0.0 <= decay < 1.0):
+  if isinstance(decay, bool) or not (isinstance(decay, (int, float)) and 0.0 <= decay < 1.0):
     raise ValueError(f'loss_brake: decay must be in [0, 1), got {decay!r} (0.9 averages over about 10 steps).')
   if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
     raise ValueError(f'loss_brake: warmup must be an integer >= 1, got {warmup!r}.')

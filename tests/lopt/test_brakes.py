@@ -82,8 +82,9 @@ def test_bad_arguments_and_a_missing_loss_name_the_fix():
     opt.update(GRADS, opt.init(PARAMS), PARAMS)
   with pytest.raises(ValueError, match='power'):
     lopt.loss_brake(optax.sgd(1.0), power=0.0)
-  with pytest.raises(ValueError, match='decay'):
-    lopt.loss_brake(optax.sgd(1.0), decay=1.0)
+  for decay in (1.0, -0.1, False):
+    with pytest.raises(ValueError, match='decay'):
+      lopt.loss_brake(optax.sgd(1.0), decay=decay)
   with pytest.raises(ValueError, match='warmup'):
     lopt.loss_brake(optax.sgd(1.0), warmup=0)
 
