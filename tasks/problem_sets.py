@@ -274,11 +274,11 @@ def _synthetic_images_autoencoder(hidden: tuple[int, ...], activation: str, batc
 #: grouped convolution, 3-4x slower on CPU; ``benchmarks/vmapped_conv.py``). ``quadratic_200`` and ``quadratic_250``
 #: are clean Wichrowska quadratics wider than the set's 20..100 (on some of their instances HRNN candidate 22's loss
 #: climbs back 2-200x from its minimum over 5,000 steps; on none of 4 instances of 25 or of 100 dimensions); the test
-#: suite's quadratics (5, 500 and 2,048 dimensions) stay outside every trained dimension. Two-layer tanh nets
-#: (``synthetic_images_mlp_128x128_tanh_bs128``, and ``mlp_tanh_64x64_nf32_bs64`` on other data) are where HRNN
-#: candidate 23 falls furthest behind tuned Adam: the 128-128 net ends at 0.025 after 5,000 steps against Adam
-#: 3e-3's 9e-4 (on the one-layer ``synthetic_images_mlp_64_tanh_bs64`` its learned rates fall 9-55x per tensor between
-#: steps 100 and 1,000, its steps end at 0.02-0.3x Adam 1e-2's, and it ends at 0.20 against Adam 1e-2's 0.047).
+#: suite's quadratics (5, 500 and 2,048 dimensions) stay outside every trained dimension. Two-layer tanh nets:
+#: ``synthetic_images_mlp_128x128_tanh_bs128``, on which HRNN candidate 23 ends at 0.025 after 5,000 steps against
+#: Adam 3e-3's 9e-4 (on the one-layer ``synthetic_images_mlp_64_tanh_bs64`` its learned rates fall 9-55x per tensor
+#: between steps 100 and 1,000 and it ends at 0.20 against Adam 1e-2's 0.047), and ``mlp_tanh_64x64_nf32_bs64``, the
+#: same kind of net on ReLU-teacher data, so that the tanh signal is not one dataset's.
 EXTRA_PROBLEMS: dict[str, Callable[[], base.TaskFamily]] = {
     'synthetic_images_mlp_32_relu_bs64': lambda: _synthetic_images_mlp(16, (32,), 'relu', 64),
     'synthetic_images_mlp_32x32_relu_bs32': lambda: _synthetic_images_mlp(16, (32, 32), 'relu', 32),
