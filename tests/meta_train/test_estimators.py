@@ -248,3 +248,22 @@ def test_bad_estimator_arguments_name_the_problem():
     HybridEstimator(StructureGroups(ARCH, FAMILY, num_tasks=1))
   with pytest.raises(ValueError, match='group_weights'):
     TruncatedES(StructureGroups(ARCH, [FAMILY, QuadraticFamily(dim=3)], num_tasks=2, group_weights=[1.0, -1.0]))
+
+
+@pytest.mark.slow  # compiles a PES estimate of the full HRNN: ~20-40 s
+def test_pes_trains_a_loss_braked_hrnn():
+  # The HRNN option loss_brake wraps the state in a LossBrakeState and reads the loss passed as `value`: one PES
+  # estimate on a quadratic must carry that state through the unroll and give a finite meta-gradient of the HRNN's
+  # meta-parameters (candidate 24 and the thirteenth round train this way).
+  import lopt  # pylint: disable=import-outside-toplevel
+  from lopt import brakes  # pylint: disable=import-outside-toplevel
+  arch = lopt.HierarchicalRNN(step_scale='relative', max_log_lr=-2.0, min_log_lr=-33.0, loss_brake=1.0)
+  meta = arch.init(jax.random.key(0))
+  estimator = TruncatedPES(StructureGroups(arch, FAMILY, num_tasks=2, unroll_length=3), std=0.01)
+  state = jax.jit(estimator.init)(jax.random.key(0), meta)
+  assert any(isinstance(x, brakes.LossBrakeState)
+             for x in jax.tree.leaves(state.groups, is_leaf=lambda x: isinstance(x, brakes.LossBrakeState)))
+  grad, state, metrics = jax.jit(estimator.estimate)(meta, state, jax.random.key(1))
+  assert jax.tree.structure(grad) == jax.tree.structure(meta)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
+  assert bool(jnp.isfinite(metrics['meta_loss'])) and int(state.meta_step) == 1
