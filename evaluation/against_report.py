@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Sequence
@@ -86,22 +87,23 @@ def comparable_loss(result: dict) -> float:
   return float('inf') if loss is None or not result.get('finite', True) else float(loss)
 
 
+def cell(result: dict | None) -> str:
+  """``mean ± std`` of one optimizer's final training loss on one task; ``non-finite`` for a diverged run."""
+  if result is None:
+    return ''
+  loss = result.get('final_loss')
+  if loss is None or not result.get('finite', True) or not math.isfinite(loss):
+    return 'non-finite'
+  std = result.get('final_loss_std_over_seeds')
+  return f'{loss:.3g}' + (f' ± {std:.2g}' if std is not None else '')
+
+
 def markdown(table: dict, candidates: Sequence[str], report_path: str) -> str:
   names = list(candidates) + sorted({k for row in table.values() for k in row} - set(candidates))
   lines = [f'Final training loss, mean ± std over seeds; stored numbers from `{report_path}` beside the candidates.',
            '', '| task | ' + ' | '.join(names) + ' |', '|---|' + '---:|' * len(names)]
   for task, row in table.items():
-    cells = []
-    for n in names:
-      r = row.get(n)
-      if r is None:
-        cells.append('')
-      elif not r.get('finite', True) or r.get('final_loss') is None:
-        cells.append('non-finite')
-      else:
-        std = r.get('final_loss_std_over_seeds')
-        cells.append(f'{r["final_loss"]:.3g}' + (f' ± {std:.2g}' if std is not None else ''))
-    lines.append(f'| {task} | ' + ' | '.join(cells) + ' |')
+    lines.append(f'| {task} | ' + ' | '.join(cell(row.get(n)) for n in names) + ' |')
   lines += ['', '| candidate | ' + ' | '.join(f'wins vs {o}' for o in names if o not in candidates)
             + ' | IQM log10(loss / tuned Adam) | non-finite |',
             '|---|' + '---:|' * (len(names) - len(candidates) + 2)]

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import Sequence
+
+from evaluation import against_report
 
 BASELINES = ('adam_tuned', 'adam_1e-3')
 BASELINE_TITLES = {'adam_tuned': 'tuned Adam', 'adam_1e-3': 'Adam 1e-3'}
@@ -57,17 +58,9 @@ def load_candidates(paths: Sequence[str]) -> tuple[dict, list[str]]:
 
 def cell(result: dict | None) -> str:
   """``mean ± std (test)`` for one optimizer on one task; ``non-finite`` for a diverged run."""
-  if result is None:
-    return ''
-  loss = result.get('final_loss')
-  if loss is None or not result.get('finite', True) or not math.isfinite(loss):
-    return 'non-finite'
-  text = f'{loss:.3g}'
-  std = result.get('final_loss_std_over_seeds')
-  if std is not None:
-    text += f' ± {std:.2g}'
-  test = result.get('final_test_loss')
-  if test is not None:
+  text = against_report.cell(result)
+  test = result.get('final_test_loss') if result is not None else None
+  if test is not None and text != 'non-finite':
     text += f' ({test:.3g})'
   return text
 
