@@ -89,9 +89,10 @@ def test_bad_arguments_and_a_missing_loss_name_the_fix():
     lopt.loss_brake(optax.sgd(1.0), warmup=0)
 
 
-def test_the_hrnn_option_is_the_wrapper_and_survives_save_and_load(tmp_path):
-  plain = lopt.HierarchicalRNN()
-  braked = lopt.HierarchicalRNN(loss_brake=1.0)
+@pytest.mark.parametrize('architecture', [lopt.HierarchicalRNN, lopt.MLPLOpt])
+def test_the_option_is_the_wrapper_and_survives_save_and_load(tmp_path, architecture):
+  plain = architecture()
+  braked = architecture(loss_brake=1.0)
   meta = plain.init(jax.random.key(0))
   path = tmp_path / 'braked.npz'
   lopt.save(path, braked, meta)
@@ -107,7 +108,7 @@ def test_the_hrnn_option_is_the_wrapper_and_survives_save_and_load(tmp_path):
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a, b)
   assert float(state_a.best_average) == pytest.approx(1.0) and isinstance(state_a, lopt.brakes.LossBrakeState)
   with pytest.raises(ValueError, match='loss_brake must be None or a finite number > 0'):
-    lopt.HierarchicalRNN(loss_brake=-1.0)
+    architecture(loss_brake=-1.0)
 
 
 def test_unwrap_gives_the_architecture_state_with_or_without_the_brake():
