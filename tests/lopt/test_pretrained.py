@@ -12,11 +12,14 @@ import pytest
 import lopt
 from lopt import pretrained
 
+# The loss passed to every update: a shipped optimizer may read it (lopt.loss_brake needs it).
+LOSS = jnp.asarray(1.0)
+
 
 def _updates(opt, params):
   grads = jax.tree.map(lambda p: 0.1 * p + 0.01, params)
   state = opt.init(params)
-  updates, _ = opt.update(grads, state, params)
+  updates, _ = opt.update(grads, state, params, value=LOSS)
   return updates
 
 
@@ -125,19 +128,19 @@ def test_inject_hyperparams_numeric_fields_are_injectable(jit):
   grads = jax.tree.map(lambda p: 0.1 * p + 0.01, PARAMS)
   state = injected.init(PARAMS)
   assert set(state.hyperparams) == {'step_multiplier'}
-  first, state = update(grads, state, PARAMS)
+  first, state = update(grads, state, PARAMS, value=LOSS)
   expected = _updates(lopt.mlp_lopt(), PARAMS)
   _assert_same_updates(first, expected, rtol=1e-6)
   state.hyperparams['step_multiplier'] = jnp.asarray(4e-3)
-  second, _ = update(grads, state, PARAMS)
+  second, _ = update(grads, state, PARAMS, value=LOSS)
   reference_tx = lopt.mlp_lopt(step_multiplier=4e-3)
-  _, reference_state = reference_tx.update(grads, reference_tx.init(PARAMS), PARAMS)
-  _assert_same_updates(second, reference_tx.update(grads, reference_state, PARAMS)[0], rtol=1e-6)
+  _, reference_state = reference_tx.update(grads, reference_tx.init(PARAMS), PARAMS, value=LOSS)
+  _assert_same_updates(second, reference_tx.update(grads, reference_state, PARAMS, value=LOSS)[0], rtol=1e-6)
 
   # The HRNN's clip, traced under jit, equals the factory given the same value.
   hrnn = optax.inject_hyperparams(lopt.hierarchical_rnn)(max_log_lr=5.0)
   hrnn_update = jax.jit(hrnn.update) if jit else hrnn.update
-  _assert_same_updates(hrnn_update(grads, hrnn.init(PARAMS), PARAMS)[0],
+  _assert_same_updates(hrnn_update(grads, hrnn.init(PARAMS), PARAMS, value=LOSS)[0],
                        _updates(lopt.hierarchical_rnn(max_log_lr=5.0), PARAMS), rtol=1e-6)
 
 
