@@ -72,7 +72,11 @@ def loss_brake(inner: optax.GradientTransformation, *, power: float = 1.0, decay
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     if value is None:
-      raise ValueError('loss_brake needs the loss at every step: call update(grads, state, params, value=loss).')
+      raise ValueError(
+          'loss_brake needs the loss at every step: call update(grads, state, params, value=loss). The shipped '
+          'HRNN (lopt.hierarchical_rnn(), release 10 on) has the brake on; where the loss cannot reach update, '
+          "run it without: arch, meta = lopt.load_pretrained('hierarchical_rnn'); "
+          'tx = dataclasses.replace(arch, loss_brake=None).transform(meta).')
     updates, inner_state = inner.update(updates, state.inner_state, params, value=value, **extra_args)
     loss = jax.lax.stop_gradient(jnp.asarray(value, jnp.float32))
     finite = jnp.isfinite(loss)

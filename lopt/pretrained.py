@@ -164,14 +164,18 @@ def hierarchical_rnn(meta_params: base.MetaParams | None = None, **config) -> op
       override the shipped config and must keep the meta-parameters' shapes, else ``ValueError`` (module docstring).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params)`` needs ``params``. Works with
-    ``optax.inject_hyperparams`` (``max_log_lr`` is injectable).
+    An ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params, value=loss)`` needs ``params``,
+    and ``value``, the loss, where the config has ``loss_brake`` (the shipped weights since release 10:
+    docs/model_card_hrnn.md; ``dataclasses.replace(arch, loss_brake=None).transform(meta_params)`` on
+    :func:`load_pretrained`'s pair runs them without the brake). Works with ``optax.inject_hyperparams``
+    (``max_log_lr`` is injectable).
 
   Example::
 
     opt = lopt.hierarchical_rnn()
     state = opt.init(params)
-    updates, state = opt.update(grads, state, params)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, state = opt.update(grads, state, params, value=loss)
     params = optax.apply_updates(params, updates)
   """
   return _shipped_or_initial(HierarchicalRNN, 'hierarchical_rnn', meta_params, config)

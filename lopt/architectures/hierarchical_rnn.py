@@ -306,7 +306,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
       parameter vector whose gradient falls because it is converging only stalls (``quadratic_1024``, 2,000 steps,
       release 7's meta-parameters: 21.6 with the falls side on the vector, 2.83 without;
       ``diabetes_binary_mlp_64x64`` stays robust without it on the biases: docs/algorithms.md §2.11). Releases 8
-      and 9 ship ``False``.
+      to 10 ship ``False``.
     coherence_decay: ``None`` (default) or ``b`` in ``(0, 1)``: each tensor's step is multiplied by
       ``sqrt(min(1, mean_T(m_hat^2) / v_hat))`` (:func:`lopt.base.coherence`), where ``m`` is a per-element EMA of the
       gradient and ``v`` an EMA of the tensor's ``mean_T(g^2)``, both with decay ``b`` and bias-corrected: 1 for a
@@ -315,7 +315,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
       tensor does not, so without it a net whose loss has reached its noise floor keeps taking full-size steps in
       noisy directions, and a wide one drifts until its loss climbs back (``patches8_mlp_512x512``: 19x the initial
       loss with candidate 15, 1.0x with ``b = 0.9``; docs/algorithms.md §2.11). Deterministic gradients keep a
-      factor near 1. Releases 7 to 9 ship ``b = 0.9``. Adds 1 float per parameter and 1 per tensor to the state.
+      factor near 1. Releases 7 to 10 ship ``b = 0.9``. Adds 1 float per parameter and 1 per tensor to the state.
     loss_brake: ``None`` (default) or a power ``p > 0``: the transformation is wrapped in :func:`lopt.loss_brake`
       (decay 0.9, warm-up 50 steps), which multiplies the whole update by ``min(1, best / average)^p``, ``average``
       a 10-step average of the loss and ``best`` its lowest value so far: steps shrink while the loss is above its
@@ -323,7 +323,7 @@ class HierarchicalRNN(base.LearnedOptimizer):
       whose ``inner_state`` is this architecture's state (pass that to :meth:`input_features`). Against the
       memorising net's late oscillation (``diabetes_binary_mlp_64x64``, release 9, 16 seeds over 5,000 steps:
       2 above twice the initial loss and 5 climbing back over 2x from their best without it, none with ``p = 1``;
-      docs/algorithms.md §2.12).
+      docs/algorithms.md §2.12). Release 10 ships ``p = 1``.
     state_dtype: dtype of the per-parameter state (``'float32'`` or ``'bfloat16'``, :mod:`lopt.base`): ``h``, the
       decays, ``l``, the momenta and mean squares. The attention's ``true_param`` stays float32: it is a copy of the
       parameters, not a statistic, and rounding it would move the parameters by up to 2^-9 of their value per step.

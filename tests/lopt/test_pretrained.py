@@ -76,7 +76,7 @@ def test_overrides_that_keep_the_shapes_keep_the_shipped_weights(weights_dir):
 
 def test_the_real_shipped_value_override_keeps_the_real_shipped_weights():
   # The reported bug: lopt.hierarchical_rnn(max_log_lr=33.0), the shipped value then, silently ran untrained weights.
-  # The value is read from the shipped file, so the test follows the release (releases 7, 8 and 9 have -2.0).
+  # The value is read from the shipped file, so the test follows the release (releases 7 to 10 have -2.0).
   shipped_arch, _ = lopt.load_pretrained('hierarchical_rnn')
   _assert_same_updates(_updates(lopt.hierarchical_rnn(max_log_lr=shipped_arch.max_log_lr), PARAMS),
                        _updates(lopt.hierarchical_rnn(), PARAMS))
