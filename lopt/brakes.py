@@ -41,7 +41,7 @@ class LossBrakeState(NamedTuple):
   inner_state: optax.OptState
   count: jax.Array  # int32 [], steps with a finite loss
   loss_average: jax.Array  # float32 [], EMA of the loss, not bias-corrected (0 before the first finite loss)
-  best_average: jax.Array  # float32 [], lowest bias-corrected average since `warmup` (inf before)
+  best_average: jax.Array  # float32 [], lowest bias-corrected average since `warmup` (float32 max before)
 
 
 def loss_brake(inner: optax.GradientTransformation, *, power: float = 1.0, decay: float = 0.9,
@@ -67,8 +67,10 @@ def loss_brake(inner: optax.GradientTransformation, *, power: float = 1.0, decay
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
+    # No best yet: the largest float32 rather than inf, so the state stays finite (jax_debug_infs, and checks that
+    # a state is finite, would flag an inf here).
     return LossBrakeState(inner.init(params), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32),
-                          jnp.full([], jnp.inf, jnp.float32))
+                          jnp.full([], jnp.finfo(jnp.float32).max, jnp.float32))
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     if value is None:
@@ -86,7 +88,7 @@ def loss_brake(inner: optax.GradientTransformation, *, power: float = 1.0, decay
     corrected = average / (1.0 - decay ** jnp.maximum(count, 1).astype(jnp.float32))
     best = jnp.where(finite & (count >= warmup), jnp.minimum(state.best_average, corrected), state.best_average)
     # Defined from the step after the first best; the inner where keeps the unused branch finite (no 0/0 or x/-y).
-    defined = (count > warmup) & (best > 0) & (corrected > 0) & jnp.isfinite(best)
+    defined = (count > warmup) & (best > 0) & (corrected > 0)
     factor = jnp.where(defined, jnp.minimum(1.0, best / jnp.where(defined, corrected, 1.0)) ** power, 1.0)
     updates = jax.tree.map(lambda u: None if u is None else u * factor.astype(u.dtype), updates,
                            is_leaf=lambda u: u is None)
