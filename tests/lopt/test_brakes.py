@@ -119,3 +119,5 @@ def test_unwrap_gives_the_architecture_state_with_or_without_the_brake():
   assert lopt.brakes.unwrap(bare) is bare
   assert type(lopt.brakes.unwrap(braked)) is type(bare)
   np.testing.assert_array_equal(lopt.brakes.unwrap(braked).log_lr, bare.log_lr)
+  # No inf in a fresh state (the best loss starts at the largest float32): jax_debug_infs would flag one.
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(braked) if jnp.issubdtype(x.dtype, jnp.floating))
