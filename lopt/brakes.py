@@ -21,8 +21,10 @@ attenuation and coherence factors.
 
 Usage: the loss must reach ``update`` as ``value``, the keyword optax's line searches use::
 
-    opt = lopt.loss_brake(lopt.hierarchical_rnn())
+    opt = lopt.loss_brake(optax.adam(1e-3))
     updates, state = opt.update(grads, state, params, value=loss)
+
+The shipped HRNN (``lopt.hierarchical_rnn()``) has this brake built in since release 10 (its option ``loss_brake``).
 """
 
 from __future__ import annotations
