@@ -24,7 +24,8 @@ Usage: the loss must reach ``update`` as ``value``, the keyword optax's line sea
     opt = lopt.loss_brake(optax.adam(1e-3))
     updates, state = opt.update(grads, state, params, value=loss)
 
-The shipped HRNN (``lopt.hierarchical_rnn()``) has this brake built in since release 10 (its option ``loss_brake``).
+Both shipped optimizers have this brake built in (their option ``loss_brake``): ``lopt.hierarchical_rnn()`` since
+HRNN release 10 and ``lopt.mlp_lopt()`` since MLP release 7.
 """
 
 from __future__ import annotations
@@ -77,9 +78,10 @@ def loss_brake(inner: optax.GradientTransformation, *, power: float = 1.0, decay
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     if value is None:
       raise ValueError(
-          'loss_brake needs the loss at every step: call update(grads, state, params, value=loss). The shipped '
-          'HRNN (lopt.hierarchical_rnn(), release 10 on) has the brake on; where the loss cannot reach update, '
-          "run it without: arch, meta = lopt.load_pretrained('hierarchical_rnn'); "
+          'loss_brake needs the loss at every step: call update(grads, state, params, value=loss). Both shipped '
+          'optimizers have the brake on (lopt.hierarchical_rnn() since HRNN release 10, lopt.mlp_lopt() since MLP '
+          'release 7); where the loss cannot reach update, run one without: arch, meta = '
+          "lopt.load_pretrained('hierarchical_rnn') (or 'mlp_lopt'); "
           'tx = dataclasses.replace(arch, loss_brake=None).transform(meta).')
     updates, inner_state = inner.update(updates, state.inner_state, params, value=value, **extra_args)
     loss = jax.lax.stop_gradient(jnp.asarray(value, jnp.float32))

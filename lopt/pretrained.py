@@ -187,6 +187,8 @@ def mlp_lopt(meta_params: base.MetaParams | None = None, **config) -> optax.Grad
 
   Same rules as :func:`hierarchical_rnn`: with no ``meta_params`` it uses the weights shipped in the package
   (meta-trained on a validation objective, ``docs/model_card_mlp_lopt.md``), with ``config`` overriding the shipped
-  config where it keeps the shapes. ``step_multiplier`` and ``magnitude_rate`` are injectable.
+  config where it keeps the shapes. ``step_multiplier`` and ``magnitude_rate`` are injectable. The shipped weights
+  carry the loss brake since MLP release 7 (``loss_brake = 1.0``): ``update(grads, state, params, value=loss)``
+  needs the loss, as the HRNN's does.
   """
   return _shipped_or_initial(MLPLOpt, 'mlp_lopt', meta_params, config)

@@ -99,7 +99,7 @@ class MLPLOpt(base.LearnedOptimizer):
       average)^p`` of a 10-step average of the loss, so ``update`` then needs ``value=loss`` and the state is a
       :class:`lopt.brakes.LossBrakeState`. Against the memorising net's late climbs (``diabetes_binary_mlp_64x64``,
       release 6, 16 seeds over 5,000 steps: 2 above twice the initial loss without it, none with ``p = 1``;
-      docs/algorithms.md §2.12).
+      docs/algorithms.md §2.12). The shipped weights use ``p = 1`` since MLP release 7.
   """
   name = 'mlp_lopt'
 

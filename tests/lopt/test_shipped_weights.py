@@ -3,6 +3,8 @@
 These tests read the real package files (no monkeypatching): a release without its weights fails here.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,6 +64,22 @@ def test_factory_uses_the_shipped_weights(name):
   got, _ = default.update(grads, default.init(params), params, value=jnp.asarray(1.0))
   want, _ = explicit.update(grads, explicit.init(params), params, value=jnp.asarray(1.0))
   jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+@pytest.mark.parametrize('name', SHIPPED)
+def test_shipped_optimizers_need_the_loss_and_the_error_gives_a_working_way_out(name):
+  # Both releases ship the loss brake (HRNN release 10, MLP release 7): without value= the update must fail loudly,
+  # and the way out the message gives (the same pair without the brake) must run without the loss.
+  params = _mlp_params(jax.random.key(2))
+  grads = jax.tree.map(jnp.cos, params)
+  default = getattr(lopt, name)()
+  with pytest.raises(ValueError, match=r"value=loss.*loss_brake=None"):
+    default.update(grads, default.init(params), params)
+  architecture, meta_params = pretrained.load_pretrained(name)
+  assert architecture.loss_brake == 1.0
+  unbraked = dataclasses.replace(architecture, loss_brake=None).transform(meta_params)
+  updates, _ = unbraked.update(grads, unbraked.init(params), params)
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
 
 
 def test_shipped_mlp_lopt_stops_where_the_gradients_vanish():
