@@ -13,7 +13,8 @@ Models (``--models``; synthetic data, since timing does not depend on the data's
 Each model is timed at two batch sizes (``--size`` picks them, see ``SIZES``). Optimizers (``--optimizers``): Adam
 and AdamW (``optax``, lr 1e-3, AdamW weight decay 1e-4), the hierarchical RNN (``lopt.hierarchical_rnn()``) and the
 MLP optimizer (``lopt.mlp_lopt()``), both with their shipped weights (``hierarchical_rnn_bf16`` / ``mlp_lopt_bf16``:
-the same with ``state_dtype='bfloat16'``); any other built-in architecture name
+the same with ``state_dtype='bfloat16'``; ``hierarchical_rnn_no_brake`` / ``mlp_lopt_no_brake``: the same without
+their loss brake, to measure what it costs); any other built-in architecture name
 (``lopt.BUILTIN_ARCHITECTURES``) runs at its initial weights. Per model and optimizer, programs jitted with the
 optimizer state (and parameters) donated, as a training loop would:
 
@@ -187,6 +188,12 @@ SIZES = {
 
 # ---- optimizers -----------------------------------------------------------------------------------------------------
 
+def _without_brake(name: str) -> optax.GradientTransformation:
+  """The shipped optimizer ``name`` with its loss brake turned off (a factory's ``None`` means the shipped value)."""
+  architecture, meta_params = lopt.load_pretrained(name)
+  return dataclasses.replace(architecture, loss_brake=None).transform(meta_params)
+
+
 #: Optimizers by name; built-in learned-optimizer architectures not listed here run at their initial weights.
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     'adam': lambda: optax.adam(1e-3),
@@ -196,6 +203,9 @@ OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     # The same shipped weights with the per-parameter state stored in bfloat16 (arithmetic stays float32).
     'hierarchical_rnn_bf16': lambda: lopt.hierarchical_rnn(state_dtype='bfloat16'),
     'mlp_lopt_bf16': lambda: lopt.mlp_lopt(state_dtype='bfloat16'),
+    # The same shipped weights without their loss brake (HRNN release 10 on, MLP release 7 on): what the brake costs.
+    'hierarchical_rnn_no_brake': lambda: _without_brake('hierarchical_rnn'),
+    'mlp_lopt_no_brake': lambda: _without_brake('mlp_lopt'),
 }
 DEFAULT_OPTIMIZERS = 'adam,adamw,hierarchical_rnn,mlp_lopt'
 
@@ -362,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--models', default=None, help='comma-separated subset of mlp,convnet,transformer')
   parser.add_argument('--optimizers', '--architectures', default=DEFAULT_OPTIMIZERS,
                       help='comma-separated names: adam, adamw, hierarchical_rnn and mlp_lopt (shipped weights), '
-                           'hierarchical_rnn_bf16 and mlp_lopt_bf16 (the same, bfloat16 state), or '
+                           'hierarchical_rnn_bf16 and mlp_lopt_bf16 (the same, bfloat16 state), '
+                           'hierarchical_rnn_no_brake and mlp_lopt_no_brake (the same, loss brake off), or '
                            'any other built-in architecture (initial weights); adam is always added as the baseline')
   parser.add_argument('--steps', type=int, default=None, help='timed calls per program (default: per --size)')
   parser.add_argument('--warmup', type=int, default=None, help='untimed calls after compilation (default: per --size)')
